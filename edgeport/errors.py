@@ -1,0 +1,87 @@
+"""The exception hierarchy of edgeport.
+
+Every error edgeport raises on purpose derives from :class:`EdgeportError`, so a
+caller (the CLI, a Prefect flow, a user's script) can catch the whole family in
+one ``except``. Subclasses that describe bad input also inherit the builtin they
+resemble (the pattern of ``prefect.exceptions``), so ``except ValueError`` keeps
+working for callers that do not know edgeport.
+
+    EdgeportError
+    ├── SpecError (ValueError)             the pipeline spec is invalid
+    ├── CheckpointError (ValueError)       checkpoint missing, corrupt, unsafe, or not matching the factory
+    ├── ModelFactoryError (ImportError)    ``model.factory`` cannot be imported or called
+    ├── DataError (ValueError)             calibration / evaluation / sample data missing or of the wrong shape
+    ├── ExportError                        torch -> ONNX export or ``onnx.checker`` failed
+    ├── ValidationFailed                   ONNX Runtime disagrees with PyTorch beyond tolerance, or NaN/Inf
+    ├── QuantizationError                  a quantized variant could not be built or lacks the ops it claims
+    ├── RuntimeLoadError                   ONNX Runtime cannot load a model (opset, op type)
+    ├── BenchmarkError                     the benchmark runner crashed, hung or returned garbage
+    ├── TargetError (ValueError)           unknown target, execution provider or provider option
+    └── RegistryError                      MLflow tracking server / registry unreachable or refused a write
+        └── RegistryUnavailable (ConnectionError)   transient: worth retrying
+"""
+
+from __future__ import annotations
+
+
+class EdgeportError(Exception):
+    """Root of every error edgeport raises deliberately."""
+
+
+class SpecError(EdgeportError, ValueError):
+    """The pipeline spec (YAML) is invalid; the message names the file, field and value."""
+
+
+class CheckpointError(EdgeportError, ValueError):
+    """The checkpoint is missing, truncated/corrupt, needs unsafe unpickling, or its
+    state-dict keys/shapes do not match the model factory."""
+
+
+class ModelFactoryError(EdgeportError, ImportError):
+    """``model.factory`` ("module:callable") cannot be imported or called."""
+
+
+class DataError(EdgeportError, ValueError):
+    """A data file (calibration, evaluation) is missing, empty, or has the wrong keys,
+    dtypes or shapes for the spec's inputs."""
+
+
+class ExportError(EdgeportError):
+    """The torch -> ONNX export failed, or the exported model failed ``onnx.checker``."""
+
+
+class ValidationFailed(EdgeportError):
+    """ONNX Runtime output differs from PyTorch beyond ``rtol``/``atol``, or contains NaN/Inf.
+
+    Attributes:
+        report: the validation report (dict) with the worst element of every output.
+    """
+
+    def __init__(self, message: str, report: dict | None = None) -> None:
+        super().__init__(message)
+        self.report = report or {}
+
+
+class QuantizationError(EdgeportError):
+    """A quantized variant could not be built, or it does not contain the quantized
+    operators its settings imply."""
+
+
+class RuntimeLoadError(EdgeportError):
+    """ONNX Runtime cannot create a session for a model (unsupported opset or op type)."""
+
+
+class BenchmarkError(EdgeportError):
+    """The benchmark runner process crashed, timed out or returned unparsable output."""
+
+
+class TargetError(EdgeportError, ValueError):
+    """An unknown target, execution provider, or provider option."""
+
+
+class RegistryError(EdgeportError):
+    """MLflow refused an operation, or stayed unreachable after the retries."""
+
+
+class RegistryUnavailable(RegistryError, ConnectionError):
+    """The MLflow tracking server did not answer: a transient error worth retrying."""

@@ -1,0 +1,338 @@
+"""The pipeline spec: one YAML file, validated by pydantic, that travels from the CLI to every step.
+
+Relative paths in a spec resolve against the folder of the spec file (so
+``edgeport run`` works from any working directory). Use :func:`load_spec` to read
+one; it raises :class:`~edgeport.errors.SpecError` naming the file, the field and
+the bad value.
+
+Example (``examples/digits/pipeline.yaml``)::
+
+    name: digits-cnn
+    model:
+      checkpoint: artifacts/digits_cnn.pt
+      factory: model:DigitsCNN
+    inputs:
+      - {name: pixels, dtype: float32, shape: [batch, 1, 8, 8]}
+    outputs: [logits]
+    calibration: {dataset: artifacts/calibration.npz, method: MinMax}
+    quantization:
+      - {name: int8-static, mode: static, format: QDQ, per_channel: true}
+    evaluation: {dataset: artifacts/eval.npz, metric: top1, max_drop: 0.005}
+    registry: {registered_model: digits-cnn}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from edgeport.errors import SpecError
+
+__all__ = [
+    "CalibrationSpec",
+    "EvaluationSpec",
+    "ExportSpec",
+    "InputSpec",
+    "ModelSpec",
+    "PipelineSpec",
+    "QuantizationVariantSpec",
+    "RegistrySpec",
+    "TargetSpec",
+    "BenchmarkSpec",
+    "ValidationSpec",
+    "load_spec",
+    "spec_digest",
+]
+
+#: numpy dtype names accepted for model inputs (the ONNX tensor types ORT's CPU EP serves).
+InputDType = Literal["float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool"]
+
+
+def _resolve_path(value: Path | None, info: ValidationInfo) -> Path | None:
+    """Resolve a relative path against ``base_dir`` from the validation context (the spec's folder)."""
+    if value is None:
+        return None
+    value = Path(value).expanduser()
+    base = (info.context or {}).get("base_dir")
+    if not value.is_absolute() and base is not None:
+        value = Path(base) / value
+    return value.resolve() if value.is_absolute() else value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    """Where the trained weights are and how to build the ``torch.nn.Module`` they fit."""
+
+    checkpoint: Path = Field(description="Path to the PyTorch checkpoint (a state dict, or a dict holding one).")
+    factory: str = Field(
+        description='"module:callable" that builds the nn.Module, e.g. "model:DigitsCNN". '
+        "The module is imported with `search_path` prepended to sys.path.",
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the factory.")
+    state_dict_key: str | None = Field(
+        default=None, description='Key of the state dict inside the checkpoint dict (e.g. "model_state"); None = the checkpoint is the state dict.'
+    )
+    search_path: list[Path] = Field(
+        default_factory=lambda: [Path(".")],
+        description="Folders prepended to sys.path to import the factory module (default: the spec's folder).",
+    )
+
+    _resolve = field_validator("checkpoint", mode="after")(_resolve_path)
+
+    @field_validator("search_path", mode="after")
+    @classmethod
+    def _resolve_search_path(cls, value: list[Path], info: ValidationInfo) -> list[Path]:
+        return [_resolve_path(p, info) for p in value]  # type: ignore[misc]
+
+
+class InputSpec(_Strict):
+    """One model input. ``shape`` mixes ints (static dims) and names (dynamic dims, e.g. ``batch``)."""
+
+    name: str = Field(min_length=1)
+    dtype: InputDType = "float32"
+    shape: list[int | str] = Field(min_length=0, description='e.g. ["batch", 1, 8, 8]; the first dim must be the batch dim.')
+
+    @field_validator("shape")
+    @classmethod
+    def _positive_dims(cls, value: list[int | str]) -> list[int | str]:
+        for dim in value:
+            if isinstance(dim, int) and dim <= 0:
+                raise ValueError(f"static dims must be positive, got {dim}")
+        return value
+
+    @property
+    def dynamic_dims(self) -> list[str]:
+        """Names of the dynamic dims, in order."""
+        return [d for d in self.shape if isinstance(d, str)]
+
+
+class ExportSpec(_Strict):
+    """torch -> ONNX export settings."""
+
+    opset: int = Field(default=18, ge=7, le=25, description="ONNX opset (default 18: the dynamo exporter's own default).")
+    exporter: Literal["dynamo", "legacy"] = Field(default="dynamo", description="torch.onnx.export(dynamo=True|False).")
+    dynamic_dims: list[str] | None = Field(
+        default=None, description="Dims exported as dynamic; default: every named dim in `inputs`."
+    )
+
+
+class ValidationSpec(_Strict):
+    """ONNX Runtime vs PyTorch parity check. A breach fails the run.
+
+    An element passes when ``|ort - torch| <= atol + rtol * |torch|`` (numpy.allclose's rule).
+    """
+
+    rtol: float = Field(default=1e-3, ge=0)
+    atol: float = Field(default=1e-4, ge=0)
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 7, 32], min_length=1)
+    num_samples: int = Field(default=64, ge=1, description="Real samples (from evaluation, else calibration data).")
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(b <= 0 for b in value):
+            raise ValueError(f"batch sizes must be positive, got {value}")
+        return value
+
+
+class CalibrationSpec(_Strict):
+    """Calibration data for static quantization: an ``.npz`` with one array per input name."""
+
+    dataset: Path
+    num_samples: int = Field(default=256, ge=1, description="Samples drawn (first N) from the dataset.")
+    method: Literal["MinMax", "Entropy", "Percentile"] = "MinMax"
+    batch_size: int = Field(default=32, ge=1, description="Samples per CalibrationDataReader batch.")
+
+    _resolve = field_validator("dataset", mode="after")(_resolve_path)
+
+
+class QuantizationVariantSpec(_Strict):
+    """One quantized variant, built with onnxruntime.quantization (quantize_static / quantize_dynamic)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Variant name, e.g. int8-static.")
+    mode: Literal["static", "dynamic"] = "static"
+    format: Literal["QDQ", "QOperator"] = "QDQ"
+    per_channel: bool = False
+    activation_type: Literal["QInt8", "QUInt8"] = "QUInt8"
+    weight_type: Literal["QInt8", "QUInt8"] = "QInt8"
+    op_types_to_quantize: list[str] | None = None
+    nodes_to_exclude: list[str] = Field(default_factory=list)
+    calibration_method: Literal["MinMax", "Entropy", "Percentile"] | None = Field(
+        default=None, description="Overrides calibration.method for this variant."
+    )
+    reduce_range: bool = False
+
+    @model_validator(mode="after")
+    def _dynamic_has_no_format(self) -> QuantizationVariantSpec:
+        if self.mode == "dynamic" and self.calibration_method is not None:
+            raise ValueError("calibration_method applies to static variants only")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """Summary kind: ``static_int8`` or ``dynamic_int8``."""
+        return f"{self.mode}_int8"
+
+
+class EvaluationSpec(_Strict):
+    """Labelled evaluation set (``.npz`` with one array per input and ``labels``) and the accuracy gate."""
+
+    dataset: Path
+    metric: Literal["top1"] = "top1"
+    labels_key: str = "labels"
+    max_drop: float = Field(default=0.005, ge=0, le=1, description="Max absolute metric drop vs FP32 (0.005 = 0.5 pp).")
+    max_samples: int | None = Field(default=None, ge=1)
+
+    _resolve = field_validator("dataset", mode="after")(_resolve_path)
+
+
+class TargetSpec(_Strict):
+    """A hardware target: an ONNX Runtime execution provider list plus session options."""
+
+    name: str = Field(default="cpu", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"], min_length=1)
+    intra_op_num_threads: int = Field(default=0, ge=0, description="0 = ONNX Runtime's default (one per physical core).")
+    inter_op_num_threads: int = Field(default=0, ge=0)
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+
+
+class BenchmarkSpec(_Strict):
+    """Latency measurement settings (applied to every variant x target x batch size)."""
+
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 32], min_length=1)
+    warmup: int = Field(default=10, ge=0, description="Untimed runs before measuring.")
+    repetitions: int = Field(default=100, ge=1, description="Max timed runs per batch size.")
+    time_budget_s: float = Field(default=10.0, gt=0, description="Max timed seconds per batch size.")
+    primary_batch_size: int | None = Field(
+        default=None, description="Batch size whose p50 picks the challenger; default: the first of batch_sizes."
+    )
+    timeout_s: float = Field(default=600.0, gt=0, description="Kill the runner process after this long.")
+
+    @model_validator(mode="after")
+    def _primary_in_batch_sizes(self) -> BenchmarkSpec:
+        if any(b <= 0 for b in self.batch_sizes):
+            raise ValueError(f"batch sizes must be positive, got {self.batch_sizes}")
+        if self.primary_batch_size is not None and self.primary_batch_size not in self.batch_sizes:
+            raise ValueError(f"primary_batch_size {self.primary_batch_size} is not in batch_sizes {self.batch_sizes}")
+        return self
+
+    @property
+    def primary(self) -> int:
+        return self.primary_batch_size or self.batch_sizes[0]
+
+
+class RegistrySpec(_Strict):
+    """Where results are recorded: an MLflow tracking URI, experiment and registered model."""
+
+    tracking_uri: str | None = Field(
+        default=None, description="MLflow tracking URI; default: the embedded sqlite store under EDGEPORT_HOME."
+    )
+    experiment: str = "edgeport"
+    registered_model: str = Field(min_length=1)
+    alias: str = Field(default="challenger", description="Alias set on the fastest passing variant.")
+
+
+class PipelineSpec(_Strict):
+    """The whole pipeline: model, I/O, export, validation, quantization, evaluation, targets, registry."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    model: ModelSpec
+    inputs: list[InputSpec] = Field(min_length=1)
+    outputs: list[str] = Field(min_length=1)
+    export: ExportSpec = Field(default_factory=ExportSpec)
+    validation: ValidationSpec = Field(default_factory=ValidationSpec)
+    calibration: CalibrationSpec | None = None
+    quantization: list[QuantizationVariantSpec] = Field(default_factory=list)
+    evaluation: EvaluationSpec | None = None
+    targets: list[TargetSpec] = Field(default_factory=lambda: [TargetSpec()], min_length=1)
+    benchmark: BenchmarkSpec = Field(default_factory=BenchmarkSpec)
+    registry: RegistrySpec
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PipelineSpec:
+        names = [i.name for i in self.inputs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"input names must be unique, got {names}")
+        variants = ["fp32", *(v.name for v in self.quantization)]
+        if len(set(variants)) != len(variants):
+            raise ValueError(f"variant names must be unique and not 'fp32', got {variants}")
+        if any(v.mode == "static" for v in self.quantization) and self.calibration is None:
+            raise ValueError("static quantization variants need a `calibration` section")
+        targets = [t.name for t in self.targets]
+        if len(set(targets)) != len(targets):
+            raise ValueError(f"target names must be unique, got {targets}")
+        declared = {d for i in self.inputs for d in i.dynamic_dims}
+        for dim in self.export.dynamic_dims or []:
+            if dim not in declared:
+                raise ValueError(f"export.dynamic_dims names {dim!r}, which no input shape declares ({sorted(declared)})")
+        return self
+
+    @property
+    def dynamic_dims(self) -> list[str]:
+        """Dims exported as dynamic (``export.dynamic_dims``, default every named dim)."""
+        if self.export.dynamic_dims is not None:
+            return list(self.export.dynamic_dims)
+        return sorted({d for i in self.inputs for d in i.dynamic_dims})
+
+
+def _format_errors(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: invalid pipeline spec ({err.error_count()} error(s))"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        value = e.get("input")
+        shown = json.dumps(value, default=str) if not isinstance(value, dict) else "{...}"
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        lines.append(f"  {loc}: {e['msg']} (got {shown})")
+    return "\n".join(lines)
+
+
+def load_spec(path: str | Path) -> PipelineSpec:
+    """Read and validate a pipeline spec.
+
+    Args:
+        path: the YAML file. Relative paths inside it resolve against its folder.
+
+    Returns:
+        The validated, frozen :class:`PipelineSpec` with absolute paths.
+
+    Raises:
+        SpecError: the file is missing, is not YAML, or a field is invalid. The message
+            names the file, the field (dotted path, e.g. ``quantization.0.format``) and the value.
+    """
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise SpecError(f"{path}: spec file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: a spec must be a YAML mapping, got {type(data).__name__}")
+    try:
+        return PipelineSpec.model_validate(data, context={"base_dir": path.parent})
+    except ValidationError as exc:
+        raise SpecError(_format_errors(path, exc)) from None
+
+
+def spec_digest(obj: BaseModel | dict[str, Any]) -> str:
+    """sha256 (hex) of a pydantic model's or dict's canonical JSON: a stable cache key."""
+    data = obj.model_dump(mode="json") if isinstance(obj, BaseModel) else obj
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
