@@ -126,7 +126,12 @@ class InputSpec(_Strict):
 class ExportSpec(_Strict):
     """torch -> ONNX export settings."""
 
-    opset: int = Field(default=18, ge=7, le=25, description="ONNX opset (default 18: the dynamo exporter's own default).")
+    opset: int = Field(
+        default=18,
+        ge=7,
+        description="ONNX opset (default 18: the dynamo exporter's own default). The export step refuses an "
+        "opset the installed onnx or ONNX Runtime cannot handle.",
+    )
     exporter: Literal["dynamo", "legacy"] = Field(default="dynamo", description="torch.onnx.export(dynamo=True|False).")
     dynamic_dims: list[str] | None = Field(
         default=None, description="Dims exported as dynamic; default: every named dim in `inputs`."

@@ -1,0 +1,136 @@
+"""Load a training checkpoint into the ``torch.nn.Module`` its factory builds, safely.
+
+Checkpoints are read with ``torch.load(weights_only=True)``: a checkpoint that
+needs arbitrary code to unpickle is refused rather than executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import pickle
+import sys
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeport.errors import CheckpointError, ModelFactoryError
+
+if TYPE_CHECKING:
+    import torch
+
+    from edgeport.spec import ModelSpec
+
+__all__ = ["file_sha256", "import_factory", "load_model", "load_state_dict"]
+
+
+def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    """sha256 (hex) of a file, read in chunks of ``chunk_bytes``."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def import_factory(spec: ModelSpec) -> Any:
+    """Import ``spec.factory`` ("module:callable"), with ``spec.search_path`` prepended to ``sys.path``.
+
+    Raises:
+        ModelFactoryError: the module does not import or has no such attribute.
+    """
+    module_name, _, attr = spec.factory.partition(":")
+    added = [str(p) for p in spec.search_path if str(p) not in sys.path]
+    sys.path[:0] = added
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or any error raised while the module runs
+        raise ModelFactoryError(
+            f"model.factory {spec.factory!r}: cannot import module {module_name!r} "
+            f"(searched {[str(p) for p in spec.search_path]} then sys.path): {type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        for p in added:
+            if p in sys.path:
+                sys.path.remove(p)
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ModelFactoryError(
+                f"model.factory {spec.factory!r}: module {module_name!r} has no attribute {attr!r}"
+            ) from None
+    if not callable(obj):
+        raise ModelFactoryError(f"model.factory {spec.factory!r} is not callable")
+    return obj
+
+
+def load_state_dict(spec: ModelSpec) -> dict[str, torch.Tensor]:
+    """Read the state dict from ``spec.checkpoint`` with ``torch.load(weights_only=True)``.
+
+    Returns:
+        Mapping of parameter/buffer name -> tensor.
+
+    Raises:
+        CheckpointError: missing file; truncated or corrupt file; a pickle that needs code
+            (refused, not executed); ``state_dict_key`` absent; content not a state dict.
+    """
+    import torch
+
+    path = Path(spec.checkpoint)
+    if not path.is_file():
+        raise CheckpointError(f"model.checkpoint: file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"model.checkpoint {path}: refused: it needs arbitrary code to unpickle, and edgeport only "
+            f"loads checkpoints with torch.load(weights_only=True). Save `model.state_dict()` (tensors and "
+            f"plain Python types only). Loader said: {str(exc).splitlines()[0]}"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"model.checkpoint {path}: corrupt or truncated checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        ) from None
+    if spec.state_dict_key is not None:
+        if not isinstance(obj, dict) or spec.state_dict_key not in obj:
+            keys = sorted(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
+            raise CheckpointError(
+                f"model.state_dict_key {spec.state_dict_key!r} not found in {path} (top-level keys: {keys})"
+            )
+        obj = obj[spec.state_dict_key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(
+            f"model.checkpoint {path}: expected a state dict (name -> tensor)"
+            + ("" if spec.state_dict_key else "; set model.state_dict_key if it is nested in a dict")
+        )
+    return obj
+
+
+def load_model(spec: ModelSpec) -> torch.nn.Module:
+    """Build the module with ``factory(**kwargs)``, load the checkpoint strictly, switch to eval mode.
+
+    Raises:
+        ModelFactoryError: the factory cannot be imported, fails, or returns no ``nn.Module``.
+        CheckpointError: see :func:`load_state_dict`; also state-dict keys or tensor shapes that
+            do not match the module (the message lists missing/unexpected keys).
+    """
+    import torch
+
+    factory = import_factory(spec)
+    state = load_state_dict(spec)
+    try:
+        module = factory(**spec.kwargs)
+    except Exception as exc:
+        raise ModelFactoryError(f"model.factory {spec.factory!r}(**{spec.kwargs}) failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(module, torch.nn.Module):
+        raise ModelFactoryError(f"model.factory {spec.factory!r} returned {type(module).__name__}, not a torch.nn.Module")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
+        raise CheckpointError(
+            f"model.checkpoint {spec.checkpoint} does not match model.factory {spec.factory!r}: {detail[:800]}"
+        ) from None
+    return module.eval()

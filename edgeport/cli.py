@@ -1,0 +1,143 @@
+"""The ``edgeport`` command line.
+
+Exit codes of ``edgeport run``: 0 a challenger was registered; 2 the pipeline completed
+but no variant passed its gates (nothing registered); 1 an error (message only, the
+traceback with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgeport.errors import EdgeportError
+from edgeport.home import default_output_dir, edgeport_home
+
+app = typer.Typer(
+    name="edgeport",
+    help="Checkpoint -> validated, quantized, benchmarked ONNX variants -> MLflow registry, as Prefect flows.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+EXIT_OK, EXIT_ERROR, EXIT_NO_CHALLENGER = 0, 1, 2
+
+
+def _prefect_env() -> None:
+    """Keep the ephemeral Prefect server's database under EDGEPORT_HOME (so the Prefect UI can be
+    opened on it later), unless the user points Prefect elsewhere. Must run before importing prefect."""
+    if "PREFECT_API_URL" not in os.environ and "PREFECT_HOME" not in os.environ:
+        os.environ["PREFECT_HOME"] = str(edgeport_home() / "prefect")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+
+
+def _fail(exc: BaseException, debug: bool) -> None:
+    if debug:
+        raise exc
+    err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", soft_wrap=True)
+    raise typer.Exit(EXIT_ERROR)
+
+
+def print_summary(summary: dict) -> None:
+    """Render the variants of a summary as a rich table."""
+    table = Table(title=f"edgeport: {summary.get('name', '')}")
+    for col in ("variant", "kind", "size KB", "valid", "top-1", "drop pp", "p50 ms", "p99 ms", "samples/s", "passed", "version"):
+        table.add_column(col, justify="right" if col not in ("variant", "kind") else "left")
+    for v in summary["variants"]:
+        ev = v.get("evaluation") or {}
+        bench = next((b for b in v["benchmarks"] if b.get("status") == "ok"), None)
+        table.add_row(
+            v["name"],
+            v["kind"],
+            f"{v['size_bytes'] / 1024:.1f}",
+            "yes" if (v.get("validation") or {}).get("passed") else "NO",
+            f"{ev['value']:.4f}" if ev else "-",
+            f"{100 * ev['drop']:.2f}" if ev else "-",
+            f"{bench['p50_ms']:.3f} (b{bench['batch_size']})" if bench else "-",
+            f"{bench['p99_ms']:.3f}" if bench else "-",
+            f"{bench['throughput']:.0f}" if bench else "-",
+            "yes" if v["passed"] else "no",
+            str(v.get("model_version") or "-"),
+        )
+    console.print(table)
+    ch = summary.get("challenger")
+    if ch:
+        console.print(f"[green]challenger[/]: {summary['registered_model']} version {ch['version']} ({ch['variant']})")
+    else:
+        console.print("[yellow]no variant passed its gates: nothing registered[/]")
+
+
+@app.command()
+def run(
+    spec: Annotated[Path, typer.Argument(help="Pipeline spec (YAML).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (default $EDGEPORT_HOME/outputs/<name>).")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI (overrides the spec).")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Run the pipeline flow for SPEC and write summary.json."""
+    _prefect_env()
+    from edgeport.spec import load_spec
+
+    try:
+        parsed = load_spec(spec)
+    except EdgeportError as exc:
+        _fail(exc, debug)
+    out = (output or default_output_dir(parsed.name)).resolve()
+    from flows.pipeline import pipeline
+
+    try:
+        summary = pipeline(str(spec.resolve()), output_dir=str(out), tracking_uri=tracking_uri)
+    except EdgeportError as exc:
+        _fail(exc, debug)
+    except Exception as exc:  # an unexpected failure: still a message, not a traceback
+        _fail(exc, debug)
+    print_summary(summary)
+    console.print(f"summary: {out / 'summary.json'}")
+    raise typer.Exit(EXIT_OK if summary["challenger"] else EXIT_NO_CHALLENGER)
+
+
+@app.command("validate-spec")
+def validate_spec(spec: Annotated[Path, typer.Argument(help="Pipeline spec (YAML).")]) -> None:
+    """Validate SPEC and print it with defaults filled in."""
+    from edgeport.spec import load_spec
+
+    try:
+        parsed = load_spec(spec)
+    except EdgeportError as exc:
+        _fail(exc, False)
+    console.print_json(parsed.model_dump_json())
+    err_console.print(f"[green]valid[/]: {spec}")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON schema of the pipeline spec."""
+    from edgeport.spec import PipelineSpec
+
+    sys.stdout.write(json.dumps(PipelineSpec.model_json_schema(), indent=2) + "\n")
+
+
+@app.command()
+def home() -> None:
+    """Print EDGEPORT_HOME and the default stores under it."""
+    from edgeport.home import default_artifact_root, default_tracking_uri
+
+    console.print(f"EDGEPORT_HOME      {edgeport_home()}")
+    console.print(f"MLflow tracking    {default_tracking_uri()}")
+    console.print(f"MLflow artifacts   {default_artifact_root()}")
+    console.print(f"PREFECT_HOME       {edgeport_home() / 'prefect'}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

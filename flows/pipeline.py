@@ -1,0 +1,239 @@
+"""The edgeport pipeline flow: checkpoint -> ONNX -> validate -> quantize -> evaluate -> benchmark -> register.
+
+This module only composes the steps in ``tasks/`` and publishes Prefect artifacts;
+the ONNX, ONNX Runtime and MLflow logic lives in the steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.runtime import flow_run
+
+from edgeport.home import default_output_dir
+from edgeport.spec import PipelineSpec, load_spec
+from tasks.benchmark import benchmark_task
+from tasks.evaluate import evaluate_task
+from tasks.export import export_task
+from tasks.quantize import quantize_task
+from tasks.register import check_tracking_uri_task, register_task, resolve_tracking_uri
+from tasks.validate import validate_task
+
+__all__ = ["pipeline", "select_primary_benchmark"]
+
+
+def select_primary_benchmark(variant: dict[str, Any], spec: PipelineSpec) -> dict[str, Any] | None:
+    """The benchmark entry that ranks a variant: first target, primary batch size, status ``ok``."""
+    target, batch = spec.targets[0].name, spec.benchmark.primary
+    return next(
+        (b for b in variant["benchmarks"] if b["target"] == target and b["batch_size"] == batch and b.get("status") == "ok"),
+        None,
+    )
+
+
+def _samples_path(spec: PipelineSpec) -> str | None:
+    """Real samples for benchmarking: the evaluation set, else the calibration set."""
+    if spec.evaluation is not None:
+        return str(spec.evaluation.dataset)
+    if spec.calibration is not None:
+        return str(spec.calibration.dataset)
+    return None
+
+
+def _variant_record(name: str, kind: str, path: str, size: int, sha: str, opset: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "kind": kind,
+        "path": path,
+        "size_bytes": size,
+        "sha256": sha,
+        "opset": opset,
+        "passed": False,
+        "validation": None,
+        "evaluation": None,
+        "benchmarks": [],
+        "model_version": None,
+        **extra,
+    }
+
+
+def _summary_table(spec: PipelineSpec, variants: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for v in variants:
+        bench = select_primary_benchmark(v, spec)
+        ev = v["evaluation"] or {}
+        rows.append(
+            {
+                "variant": v["name"],
+                "kind": v["kind"],
+                "size_kb": round(v["size_bytes"] / 1024, 1),
+                "validation": "passed" if (v["validation"] or {}).get("passed") else "FAILED",
+                "top1": None if not ev else round(ev["value"], 4),
+                "drop_pp": None if not ev else round(100 * ev["drop"], 2),
+                f"p50_ms@b{spec.benchmark.primary}": None if bench is None else round(bench["p50_ms"], 4),
+                "passed": v["passed"],
+                "model_version": v["model_version"],
+            }
+        )
+    return rows
+
+
+def _publish_artifacts(spec: PipelineSpec, summary: dict[str, Any]) -> None:
+    key = "edgeport-" + "".join(c if c.isalnum() else "-" for c in spec.name.lower())
+    rows = _summary_table(spec, summary["variants"])
+    create_table_artifact(table=rows, key=f"{key}-variants", description=f"Variants of {spec.name}")
+    challenger = summary["challenger"]
+    lines = [
+        f"# edgeport: {spec.name}",
+        "",
+        f"Registered model **{summary['registered_model']}**; "
+        + (
+            f"alias `{spec.registry.alias}` -> version {challenger['version']} ({challenger['variant']})."
+            if challenger
+            else "no variant passed its gates: nothing registered."
+        ),
+        "",
+        "| variant | kind | size KB | validation | top-1 | drop pp | p50 ms | passed | version |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines += ["| " + " | ".join(str(x) for x in r.values()) + " |" for r in rows]
+    lines += ["", f"MLflow run: `{summary['mlflow_run_id']}` at `{summary['tracking_uri']}`"]
+    create_markdown_artifact(markdown="\n".join(lines), key=f"{key}-summary", description="Pipeline summary")
+    if summary.get("mlflow_run_url"):
+        create_link_artifact(link=summary["mlflow_run_url"], link_text="MLflow run", key=f"{key}-mlflow-run")
+
+
+@flow(name="edgeport-pipeline", description="Checkpoint -> validated, quantized, benchmarked ONNX variants -> MLflow registry.")
+def pipeline(spec_path: str, output_dir: str | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Run the whole pipeline for one spec.
+
+    Args:
+        spec_path: the pipeline spec (YAML).
+        output_dir: where variants, reports and ``summary.json`` go (default
+            ``$EDGEPORT_HOME/outputs/<spec name>``).
+        tracking_uri: MLflow tracking URI overriding ``registry.tracking_uri``.
+
+    Returns:
+        The summary (the ``summary.json`` contract documented in docs/spec.md).
+
+    Raises:
+        EdgeportError subclasses: bad input, a failed export or FP32 validation, an unreachable
+        registry (after retries). Nothing is registered when the run fails.
+    """
+    logger = get_run_logger()
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def lap(step: str, start: float) -> None:
+        timings[step] = round(timings.get(step, 0.0) + time.perf_counter() - start, 3)
+
+    spec = load_spec(spec_path)
+    out = Path(output_dir).resolve() if output_dir else default_output_dir(spec.name)
+    out.mkdir(parents=True, exist_ok=True)
+    uri = resolve_tracking_uri(spec.registry.tracking_uri, tracking_uri)
+    check_tracking_uri_task(uri)  # fail before any work when MLflow is unreachable
+
+    start = time.perf_counter()
+    export_state = export_task(spec, return_state=True)
+    export = export_state.result()
+    if export_state.name == "Cached" and not export.cached:
+        export = dataclasses.replace(export, cached=True, export_s=0.0)
+    lap("export", start)
+    logger.info("export: %s (%s)", export.onnx_path, "cached" if export.cached else f"{export.export_s:.1f} s")
+
+    start = time.perf_counter()
+    fp32 = _variant_record(
+        "fp32",
+        "fp32",
+        export.onnx_path,
+        export.size_bytes,
+        export.model_sha256,
+        export.opset,
+        quantization=None,
+        op_counts=None,
+        lineage={"parent": f"checkpoint:{export.checkpoint_sha256}", "step": f"export:{export.exporter}", "cached": export.cached},
+    )
+    fp32["validation"] = validate_task(spec, export.onnx_path, report_path=str(out / "validation-fp32.json"))
+    lap("validate", start)
+    variants = [fp32]
+
+    for vspec in spec.quantization:
+        start = time.perf_counter()
+        q = quantize_task(spec, vspec, export.onnx_path, str(out / "variants"))
+        lap("quantize", start)
+        start = time.perf_counter()
+        record = _variant_record(
+            q.name,
+            q.kind,
+            q.onnx_path,
+            q.size_bytes,
+            q.sha256,
+            export.opset,
+            quantization=q.settings,
+            op_counts=q.op_counts,
+            lineage={"parent": "fp32", "parent_sha256": export.model_sha256, "step": f"quantize_{vspec.mode}"},
+        )
+        record["validation"] = validate_task(
+            spec, q.onnx_path, reference_onnx=export.onnx_path, report_path=str(out / f"validation-{q.name}.json")
+        )
+        lap("validate", start)
+        variants.append(record)
+
+    if spec.evaluation is not None:
+        start = time.perf_counter()
+        reference = evaluate_task(spec, fp32["path"], "fp32", str(out))
+        fp32["evaluation"] = reference
+        for record in variants[1:]:
+            if record["validation"]["passed"]:
+                record["evaluation"] = evaluate_task(spec, record["path"], record["name"], str(out), reference=reference)
+        lap("evaluate", start)
+
+    # Benchmarks share this host's cores: run them one after another, never concurrently.
+    start = time.perf_counter()
+    samples = _samples_path(spec)
+    for record in variants:
+        if not record["validation"]["passed"]:
+            continue
+        for target in spec.targets:
+            record["benchmarks"] += benchmark_task(
+                record["path"], spec, target, samples, str(out / "benchmarks" / record["name"])
+            )
+    lap("benchmark", start)
+
+    for record in variants:
+        record["passed"] = bool(
+            record["validation"]["passed"]
+            and (record["evaluation"] is None or record["evaluation"]["passed"])
+            and select_primary_benchmark(record, spec) is not None
+        )
+
+    start = time.perf_counter()
+    info = {"id": str(flow_run.id), "name": flow_run.name, "url": flow_run.ui_url} if flow_run.id else None
+    registration = register_task(spec, spec_path, variants, uri, str(out), flow_run=info)
+    lap("register", start)
+    for record in variants:
+        record["model_version"] = registration["versions"].get(record["name"])
+
+    timings["total"] = round(time.perf_counter() - t0, 3)
+    summary = {
+        "spec": str(Path(spec_path).resolve()),
+        "name": spec.name,
+        "mlflow_run_id": registration["mlflow_run_id"],
+        "mlflow_run_url": registration.get("run_url"),
+        "tracking_uri": uri,
+        "registered_model": spec.registry.registered_model,
+        "prefect_flow_run": info,
+        "variants": variants,
+        "challenger": registration["challenger"],
+        "timings_s": timings,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    _publish_artifacts(spec, summary)
+    logger.info("summary: %s", out / "summary.json")
+    return summary

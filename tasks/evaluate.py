@@ -1,0 +1,113 @@
+"""Step 4, evaluate: every variant (FP32 included) on the labelled evaluation set.
+
+Metric ``top1``: the fraction of samples whose arg-max over the first output's last
+axis equals the label. Each quantized variant is compared with FP32: ``drop`` =
+FP32 top-1 - variant top-1 (absolute; 0.005 = 0.5 pp), ``agreement`` = fraction of
+samples where the variant predicts the same class as FP32. The gate: ``drop <= max_drop``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeport.data import iter_batches, load_input_arrays, load_labels
+from edgeport.errors import DataError, SpecError
+from edgeport.spec import PipelineSpec
+from tasks.validate import ort_session
+
+logger = logging.getLogger("edgeport.evaluate")
+
+__all__ = ["EVAL_BATCH_SIZE", "evaluate_model", "predict"]
+
+#: Batch size used to run the evaluation set (throughput only; results do not depend on it).
+EVAL_BATCH_SIZE = 64
+
+
+def predict(spec: PipelineSpec, onnx_path: str | Path, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """Class predictions of an ONNX model.
+
+    Args:
+        arrays: ``{input name: ndarray of shape (n_samples, *dims)}``.
+
+    Returns:
+        int64 ndarray of shape ``(n_samples,)``: arg-max of the first output over its last axis.
+
+    Raises:
+        RuntimeLoadError: ONNX Runtime cannot load the model.
+    """
+    session = ort_session(onnx_path)
+    first = spec.outputs[0]
+    preds = [np.argmax(session.run([first], batch)[0], axis=-1) for batch in iter_batches(arrays, EVAL_BATCH_SIZE)]
+    return np.concatenate(preds).astype(np.int64)
+
+
+def evaluate_model(
+    spec: PipelineSpec,
+    onnx_path: str | Path,
+    name: str,
+    output_dir: str | Path,
+    reference: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate one variant; with ``reference`` (the FP32 result of this function), gate on the drop.
+
+    Args:
+        spec: needs an ``evaluation`` section.
+        onnx_path: the variant's model.
+        name: variant name (names the predictions file).
+        output_dir: where ``predictions-<name>.npy`` (int64, shape (n_samples,)) and
+            ``evaluation-<name>.json`` are written.
+        reference: FP32's evaluation dict; None when evaluating FP32 itself (drop 0).
+
+    Returns:
+        ``{"metric": "top1", "value", "drop", "agreement", "max_drop", "passed",
+        "num_samples", "predictions_path"}``.
+
+    Raises:
+        SpecError: the spec has no ``evaluation`` section.
+        DataError: evaluation file missing, no labels, or labels/inputs of different lengths.
+        RuntimeLoadError: ONNX Runtime cannot load the model.
+    """
+    ev = spec.evaluation
+    if ev is None:
+        raise SpecError("evaluation: the spec has no evaluation section")
+    arrays = load_input_arrays(ev.dataset, spec.inputs, "evaluation.dataset", ev.max_samples)
+    labels = load_labels(ev.dataset, ev.labels_key, "evaluation.dataset", ev.max_samples)
+    n = next(iter(arrays.values())).shape[0]
+    if labels.shape[0] != n:
+        raise DataError(f"evaluation.dataset: {ev.dataset} has {labels.shape[0]} labels for {n} samples")
+    preds = predict(spec, onnx_path, arrays)
+    top1 = float(np.mean(preds == labels))
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    pred_path = output_dir / f"predictions-{name}.npy"
+    np.save(pred_path, preds)
+    if reference is None:
+        drop, agreement = 0.0, 1.0
+    else:
+        ref_preds = np.load(reference["predictions_path"])
+        drop = reference["value"] - top1
+        agreement = float(np.mean(preds == ref_preds))
+    result = {
+        "metric": ev.metric,
+        "value": top1,
+        "drop": drop,
+        "agreement": agreement,
+        "max_drop": ev.max_drop,
+        "passed": drop <= ev.max_drop + 1e-12,
+        "num_samples": n,
+        "predictions_path": str(pred_path),
+    }
+    (output_dir / f"evaluation-{name}.json").write_text(json.dumps(result, indent=2))
+    logger.info("evaluated %s: top-1 %.4f, drop %.4f, agreement %.4f", name, top1, drop, agreement)
+    return result
+
+
+# --- Prefect wrapper -------------------------------------------------------------------------
+from prefect import task  # noqa: E402
+
+evaluate_task = task(evaluate_model, name="evaluate", retries=0, task_run_name="evaluate-{name}")

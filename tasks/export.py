@@ -1,0 +1,301 @@
+"""Step 1, export: PyTorch checkpoint -> ONNX with dynamic dims, checked and stamped with metadata.
+
+The export is content-addressed: its cache key is the sha256 of the checkpoint, the
+model factory settings, the declared inputs/outputs and the export settings (plus the
+torch and edgeport versions). A re-run with the same key reuses
+``$EDGEPORT_HOME/cache/export/<key>/model.onnx`` instead of exporting again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import onnx
+
+import edgeport
+from edgeport.checkpoint import file_sha256, load_model
+from edgeport.data import batch_arrays, reference_samples
+from edgeport.errors import CheckpointError, ExportError, RuntimeLoadError, SpecError
+from edgeport.home import export_cache_dir
+from edgeport.spec import PipelineSpec, spec_digest
+
+logger = logging.getLogger("edgeport.export")
+
+__all__ = ["ExportResult", "check_opset_supported", "export_cache_key", "export_model"]
+
+#: Samples in the example batch traced by the exporter: 2, because torch.export
+#: specialises a dynamic dim whose example size is 0 or 1.
+EXAMPLE_BATCH = 2
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Where the FP32 ONNX model is, and how it was made.
+
+    Attributes:
+        onnx_path: absolute path of the exported model.
+        size_bytes: file size in bytes.
+        model_sha256: sha256 of the ONNX file.
+        checkpoint_sha256: sha256 of the source checkpoint.
+        opset: the default-domain opset of the exported model.
+        exporter: ``dynamo`` or ``legacy``.
+        cache_key: the content address (hex sha256).
+        cached: True when the export was reused from the cache.
+        export_s: seconds spent exporting (0 when cached).
+    """
+
+    onnx_path: str
+    size_bytes: int
+    model_sha256: str
+    checkpoint_sha256: str
+    opset: int
+    exporter: str
+    cache_key: str
+    cached: bool
+    export_s: float
+
+
+def check_opset_supported(opset: int) -> None:
+    """Refuse an opset that the installed onnx or ONNX Runtime cannot handle, before exporting.
+
+    Raises:
+        RuntimeLoadError: names the opset, the field and the installed versions.
+    """
+    import onnxruntime as ort
+
+    onnx_max = onnx.defs.onnx_opset_version()
+    if opset > onnx_max:
+        raise RuntimeLoadError(f"export.opset {opset}: the installed onnx {onnx.__version__} knows opsets up to {onnx_max}")
+    probe = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Identity", ["x"], ["y"])],
+            "opset_probe",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+        ),
+        opset_imports=[onnx.helper.make_opsetid("", opset)],
+        ir_version=min(onnx.IR_VERSION, 10),
+    )
+    try:
+        ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise RuntimeLoadError(
+            f"export.opset {opset}: the installed onnxruntime {ort.__version__} cannot load this opset "
+            f"({str(exc).splitlines()[-1][:200]})"
+        ) from None
+
+
+def export_cache_key(spec: PipelineSpec, checkpoint_sha256: str) -> str:
+    """Content address of an export: sha256 over the checkpoint hash, model factory settings,
+    inputs/outputs, export settings and the torch/edgeport versions."""
+    import torch
+
+    return spec_digest(
+        {
+            "checkpoint_sha256": checkpoint_sha256,
+            "factory": spec.model.factory,
+            "kwargs": spec.model.kwargs,
+            "state_dict_key": spec.model.state_dict_key,
+            "inputs": [i.model_dump(mode="json") for i in spec.inputs],
+            "outputs": spec.outputs,
+            "export": spec.export.model_dump(mode="json"),
+            "dynamic_dims": spec.dynamic_dims,
+            "torch": torch.__version__,
+            "edgeport": edgeport.__version__,
+        }
+    )
+
+
+def _checkpoint_sha256(spec: PipelineSpec) -> str:
+    path = Path(spec.model.checkpoint)
+    if not path.is_file():
+        raise CheckpointError(f"model.checkpoint: file not found: {path}")
+    return file_sha256(path)
+
+
+def _torch_export(spec: PipelineSpec, model, example: dict, out: Path) -> None:
+    import torch
+
+    args = tuple(torch.from_numpy(example[i.name]) for i in spec.inputs)
+    dynamic = set(spec.dynamic_dims)
+    try:
+        with torch.no_grad():
+            model(*args)
+    except Exception as exc:
+        shapes = {i.name: i.shape for i in spec.inputs}
+        raise SpecError(
+            f"inputs: the declared shapes {shapes} do not fit the model: a forward pass on a batch of that "
+            f"shape failed with {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        ) from None
+    input_names = [i.name for i in spec.inputs]
+    try:
+        if spec.export.exporter == "dynamo":
+            dims = {name: torch.export.Dim(name, min=1) for name in dynamic}
+            dynamic_shapes = tuple(
+                {axis: dims[d] for axis, d in enumerate(i.shape) if isinstance(d, str) and d in dynamic} or None
+                for i in spec.inputs
+            )
+            torch.onnx.export(
+                model,
+                args,
+                str(out),
+                dynamo=True,
+                opset_version=spec.export.opset,
+                input_names=input_names,
+                output_names=list(spec.outputs),
+                dynamic_shapes=dynamic_shapes,
+                external_data=False,
+                verbose=False,
+            )
+        else:
+            dynamic_axes = {
+                i.name: {axis: d for axis, d in enumerate(i.shape) if isinstance(d, str) and d in dynamic} for i in spec.inputs
+            }
+            torch.onnx.export(
+                model,
+                args,
+                str(out),
+                dynamo=False,
+                opset_version=spec.export.opset,
+                input_names=input_names,
+                output_names=list(spec.outputs),
+                dynamic_axes={k: v for k, v in dynamic_axes.items() if v},
+            )
+    except Exception as exc:
+        raise ExportError(
+            f"torch.onnx.export (exporter={spec.export.exporter}, opset={spec.export.opset}) failed: "
+            f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
+        ) from exc
+
+
+def _finalize(path: Path, spec: PipelineSpec, checkpoint_sha256: str) -> int:
+    """Check the exported model, stamp metadata props, save it as one file; return its opset."""
+    model = onnx.load(str(path))
+    names = [i.name for i in model.graph.input]
+    initializers = {i.name for i in model.graph.initializer}
+    names = [n for n in names if n not in initializers]
+    expected = [i.name for i in spec.inputs]
+    if names != expected:
+        raise ExportError(f"exported model has inputs {names}, the spec declares {expected}")
+    outputs = [o.name for o in model.graph.output]
+    if outputs != list(spec.outputs):
+        raise ExportError(f"exported model has outputs {outputs}, the spec declares {list(spec.outputs)}")
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), -1)
+    import torch
+
+    onnx.helper.set_model_props(
+        model,
+        {
+            "edgeport.version": edgeport.__version__,
+            "edgeport.checkpoint_sha256": checkpoint_sha256,
+            "edgeport.checkpoint": str(spec.model.checkpoint),
+            "edgeport.factory": spec.model.factory,
+            "edgeport.exporter": spec.export.exporter,
+            "edgeport.opset": str(opset),
+            "edgeport.torch_version": torch.__version__,
+        },
+    )
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:
+        raise ExportError(f"onnx.checker rejected the exported model: {' '.join(str(exc).split())[:500]}") from exc
+    onnx.save(model, str(path))
+    return opset
+
+
+def export_model(spec: PipelineSpec, cache_dir: str | Path | None = None) -> ExportResult:
+    """Export the spec's checkpoint to ONNX (or reuse the cached export with the same key).
+
+    The traced example is a batch of :data:`EXAMPLE_BATCH` real samples (see
+    :func:`edgeport.data.reference_samples`); every name in ``spec.dynamic_dims`` is
+    exported as a dynamic dim.
+
+    Args:
+        spec: the pipeline spec.
+        cache_dir: root of the content-addressed cache (default ``$EDGEPORT_HOME/cache/export``).
+
+    Returns:
+        :class:`ExportResult`; ``cached`` tells whether the export was reused.
+
+    Raises:
+        CheckpointError, ModelFactoryError: the model cannot be built from the checkpoint.
+        RuntimeLoadError: ``export.opset`` is beyond the installed onnx / ONNX Runtime.
+        SpecError: the declared input shapes do not fit the model.
+        DataError: the sample data does not fit the declared inputs.
+        ExportError: the exporter or ``onnx.checker`` failed, or inputs/outputs differ from the spec.
+    """
+    cache_root = Path(cache_dir) if cache_dir is not None else export_cache_dir()
+    ckpt_sha = _checkpoint_sha256(spec)
+    key = export_cache_key(spec, ckpt_sha)
+    folder = cache_root / key
+    onnx_path = folder / "model.onnx"
+    meta_path = folder / "export.json"
+    if onnx_path.is_file() and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("model_sha256") == file_sha256(onnx_path):
+            logger.info("export cache hit %s: reusing %s", key[:12], onnx_path)
+            return ExportResult(**{**meta, "onnx_path": str(onnx_path), "cached": True, "export_s": 0.0})
+        logger.warning("export cache entry %s is corrupt; exporting again", key[:12])
+
+    check_opset_supported(spec.export.opset)
+    model = load_model(spec.model)
+    example = batch_arrays(reference_samples(spec, EXAMPLE_BATCH), EXAMPLE_BATCH)
+    cache_root.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=cache_root, prefix=".tmp-") as tmp:
+        tmp_path = Path(tmp) / "model.onnx"
+        _torch_export(spec, model, example, tmp_path)
+        opset = _finalize(tmp_path, spec, ckpt_sha)
+        elapsed = time.perf_counter() - start
+        result = ExportResult(
+            onnx_path=str(onnx_path),
+            size_bytes=tmp_path.stat().st_size,
+            model_sha256=file_sha256(tmp_path),
+            checkpoint_sha256=ckpt_sha,
+            opset=opset,
+            exporter=spec.export.exporter,
+            cache_key=key,
+            cached=False,
+            export_s=round(elapsed, 3),
+        )
+        (Path(tmp) / "export.json").write_text(json.dumps(asdict(result), indent=2))
+        if folder.exists():
+            shutil.rmtree(folder)
+        Path(tmp).rename(folder)  # atomic publish: a half-written export is never visible
+        Path(tmp).mkdir()  # TemporaryDirectory cleans up the (now empty) path
+    logger.info("exported %s (opset %d, %s) in %.1f s -> %s", spec.model.checkpoint, opset, spec.export.exporter, elapsed, onnx_path)
+    return result
+
+
+# --- Prefect wrapper -------------------------------------------------------------------------
+from prefect import task  # noqa: E402
+
+
+def _export_task_cache_key(context: object, parameters: dict) -> str | None:
+    """Prefect cache key: the export's content address plus its cache root; None (no cache
+    lookup) while the cached file does not exist, so a deleted cache never yields a stale path."""
+    spec: PipelineSpec = parameters["spec"]
+    root = Path(parameters.get("cache_dir") or export_cache_dir()).resolve()
+    try:
+        key = export_cache_key(spec, _checkpoint_sha256(spec))
+    except CheckpointError:
+        return None
+    if not (root / key / "model.onnx").is_file():
+        return None
+    return "edgeport-export-" + spec_digest({"key": key, "root": str(root)})
+
+
+#: Deterministic: no retries. Cached (persisted result) on checkpoint sha256 + export settings.
+export_task = task(
+    export_model,
+    name="export",
+    cache_key_fn=_export_task_cache_key,
+    persist_result=True,
+    retries=0,
+)

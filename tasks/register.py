@@ -1,0 +1,794 @@
+"""Record a pipeline run in MLflow and register the variants that passed every gate.
+
+One pipeline run becomes one parent MLflow run (spec settings as params, the spec
+file as an artifact, git commit and Prefect flow run as tags) with one nested run
+per variant (size, accuracy and latency metrics; quantization settings as params;
+validation / evaluation / benchmark reports as JSON artifacts; the ONNX model,
+logged with ``mlflow.onnx.log_model``). Variants whose gates all passed become
+versions of ``spec.registry.registered_model``; the fastest of them (p50 latency at
+the primary batch size on the first target) gets the alias ``spec.registry.alias``.
+
+Registration is all-or-nothing: if anything fails, the model versions created by
+the call are deleted again (best effort) and :class:`~edgeport.errors.RegistryError`
+is raised; :class:`~edgeport.errors.RegistryUnavailable` when the store did not answer.
+
+The plain functions take an explicit tracking URI; the Prefect task
+:func:`register_task` at the bottom adds retries on transient errors only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.onnx
+import numpy as np
+import onnx
+import onnxruntime
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.tracking import MlflowClient
+from mlflow.types import Schema, TensorSpec
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from edgeport import home
+from edgeport.errors import EdgeportError, RegistryError, RegistryUnavailable
+from edgeport.spec import PipelineSpec
+
+__all__ = [
+    "check_tracking_uri",
+    "check_tracking_uri_task",
+    "ensure_experiment",
+    "register_pipeline",
+    "register_task",
+    "resolve_tracking_uri",
+    "retry_if_transient",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Benchmark fields logged as metrics, one key per target and batch size: ``p50_ms.cpu.b1``.
+BENCHMARK_METRICS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput", "peak_rss_mb", "session_create_ms")
+
+#: Keys every variant dict handed to :func:`register_pipeline` must have.
+REQUIRED_VARIANT_KEYS = ("name", "kind", "path", "passed")
+
+_ENV_LOCK = threading.Lock()
+
+
+# --------------------------------------------------------------------------- tracking URI
+
+
+def resolve_tracking_uri(spec_uri: str | None, override: str | None) -> str:
+    """The MLflow tracking URI to use: ``override`` (CLI flag) > ``spec_uri``
+    (``registry.tracking_uri``) > the embedded sqlite store under ``EDGEPORT_HOME``
+    (:func:`edgeport.home.default_tracking_uri`)."""
+    for uri in (override, spec_uri):
+        if uri is not None and str(uri).strip():
+            return str(uri).strip()
+    return home.default_tracking_uri()
+
+
+def _is_http(uri: str) -> bool:
+    return uri.lower().startswith(("http://", "https://"))
+
+
+@contextlib.contextmanager
+def _short_http_timeouts(uri: str, timeout_s: float) -> Iterator[None]:
+    """Temporarily cap MLflow's HTTP timeout and disable its own retries (http(s) URIs only).
+
+    MLflow reads ``MLFLOW_HTTP_REQUEST_TIMEOUT`` (int seconds, default 120) and
+    ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` (default 7) on every request; with the
+    defaults an unreachable server takes minutes to fail.
+    """
+    if not _is_http(uri):
+        yield
+        return
+    names = {
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, math.ceil(timeout_s))),
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    }
+    with _ENV_LOCK:
+        saved = {k: os.environ.get(k) for k in names}
+        os.environ.update(names)
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+_TRANSIENT_PATTERNS = re.compile(
+    r"connection refused|failed to establish a new connection|max retries exceeded|timed out|"
+    r"timeout|temporarily unavailable|connection reset|connection aborted|remote end closed|"
+    r"name or service not known|database is locked|error code 50[234]|50[234] server error|too many 50\d error responses",
+    re.IGNORECASE,
+)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """True for errors worth retrying: the store did not answer, timed out, or was busy."""
+    import requests
+
+    for item in _exception_chain(exc):
+        if isinstance(item, RegistryUnavailable):
+            return True
+        if isinstance(item, RegistryError):
+            return False
+        if isinstance(item, (ConnectionError, TimeoutError, requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+            return True
+        if isinstance(item, MlflowException) and _TRANSIENT_PATTERNS.search(str(item)):
+            return True
+        if type(item).__name__ == "OperationalError" and "locked" in str(item).lower():
+            return True  # sqlite busy
+    return False
+
+
+def check_tracking_uri(uri: str, attempts: int = 3, backoff_s: float = 1.0, timeout_s: float = 5.0) -> None:
+    """Make sure the MLflow tracking store at ``uri`` answers (one cheap ``search_experiments``).
+
+    Args:
+        uri: MLflow tracking URI (``sqlite:///...``, ``http(s)://...``, ...).
+        attempts: calls before giving up (>= 1).
+        backoff_s: sleep before the 2nd attempt; doubled after each failure.
+        timeout_s: per-request HTTP timeout for http(s) URIs (MLflow's own HTTP retries
+            are disabled during the check), so an unreachable server fails within seconds.
+
+    Raises:
+        RegistryUnavailable: the store did not answer after ``attempts`` calls; the
+            message names the URI and the last error.
+        RegistryError: the URI cannot name a tracking store at all (unsupported scheme),
+            which no retry can fix.
+    """
+    attempts = max(1, int(attempts))
+    last: BaseException | None = None
+    for attempt in range(1, attempts + 1):
+        try:
+            with _short_http_timeouts(uri, timeout_s):
+                MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
+            return
+        except Exception as exc:  # noqa: BLE001 - classified below
+            last = exc
+            if not _is_transient(exc) and _is_bad_uri(exc):
+                raise RegistryError(f"MLflow tracking URI {uri!r} is not usable: {exc}") from exc
+            logger.warning("MLflow at %s did not answer (attempt %d/%d): %s", uri, attempt, attempts, _first_line(exc))
+            if attempt < attempts:
+                time.sleep(backoff_s * 2 ** (attempt - 1))
+    raise RegistryUnavailable(
+        f"MLflow tracking server {uri} is unreachable after {attempts} attempt(s): {_first_line(last)}"
+    ) from last
+
+
+def _is_bad_uri(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "could not find a registered" in text or ("unsupported" in text and "uri" in text) or "invalid url" in text
+
+
+def _first_line(exc: BaseException | None) -> str:
+    text = f"{type(exc).__name__}: {exc}" if exc is not None else "unknown error"
+    return text.strip().splitlines()[0][:500] if text.strip() else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- experiment
+
+
+def _sqlite_db_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (absolute), or None for other URIs / in-memory."""
+    if not uri.lower().startswith("sqlite:"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    database = make_url(uri).database
+    if not database or database == ":memory:":
+        return None
+    return Path(database).expanduser().resolve()
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "experiment"
+
+
+def _artifact_location_for(uri: str, experiment: str) -> str | None:
+    """Where a new experiment's artifacts go; None lets the store decide (server, file store)."""
+    scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
+    db = _sqlite_db_path(uri)
+    if db is not None:
+        default_db = (home.edgeport_home() / "mlflow" / "mlflow.db").resolve()
+        root = home.default_artifact_root() if db == default_db else db.parent / "artifacts"
+    elif scheme.startswith(("postgresql", "mysql", "mssql")):
+        # a database store used directly: without a location MLflow would pick ./mlruns in the cwd
+        root = home.default_artifact_root()
+    else:
+        return None  # http(s)/databricks: the server's --default-artifact-root; file store: its own root
+    path = root / _safe_name(experiment)
+    path.mkdir(parents=True, exist_ok=True)
+    return path.as_uri()
+
+
+def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
+    """Get or create the MLflow experiment ``name``; returns its id.
+
+    On a local sqlite store a new experiment's ``artifact_location`` is
+    ``$EDGEPORT_HOME/mlflow/artifacts/<name>`` for the default store
+    (:func:`edgeport.home.default_artifact_root`) and ``<db folder>/artifacts/<name>``
+    for any other sqlite file, never ``./mlruns`` in the working directory. A deleted
+    experiment of that name is restored.
+    """
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(
+            name,
+            artifact_location=_artifact_location_for(tracking_uri, name),
+            tags={"edgeport.created_by": "edgeport"},
+        )
+    except MlflowException:
+        experiment = client.get_experiment_by_name(name)  # created concurrently by another run
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+@contextlib.contextmanager
+def _using_store(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (runs, log_model, register_model) at ``uri`` for the block,
+    then restore the previous URIs and the MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI
+    variables (``mlflow.set_tracking_uri`` also exports them)."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    env_names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved_env = {k: os.environ.get(k) for k in env_names}
+    old_tracking, old_registry = tracking_utils._tracking_uri, registry_utils._registry_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(old_tracking)
+        registry_utils._registry_uri = old_registry
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _jsonable(obj: Any) -> Any:
+    """``obj`` with numpy scalars/arrays, paths and other objects turned into JSON types."""
+
+    def default(value: Any) -> Any:
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+        if isinstance(value, Path):
+            return str(value)
+        if hasattr(value, "model_dump"):
+            return value.model_dump(mode="json")
+        return str(value)
+
+    return json.loads(json.dumps(obj, default=default))
+
+
+def _param_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(_jsonable(value), sort_keys=True)
+    return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, str]:
+    """Dotted-key params from nested dicts; lists of named dicts are keyed by their name."""
+    out: dict[str, str] = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+    elif isinstance(data, list) and data and all(isinstance(v, dict) and isinstance(v.get("name"), str) for v in data):
+        for item in data:
+            rest = {k: v for k, v in item.items() if k != "name"}
+            out.update(_flatten(rest, f"{prefix}{item['name']}."))
+    else:
+        out[_metric_key(prefix.rstrip("."))] = _param_value(data)
+    return out
+
+
+def _metric_key(key: str) -> str:
+    """MLflow allows alphanumerics, ``_ - . / : space`` in metric/param keys."""
+    return re.sub(r"[^A-Za-z0-9_\-./: ]", "_", key)[:250]
+
+
+def _finite(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _git_commit(cwd: Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if re.fullmatch(r"[0-9a-f]{40,64}", commit) else None
+
+
+def primary_p50_ms(variant: dict, target: str, batch_size: int) -> float | None:
+    """p50 latency (ms) of ``variant`` on ``target`` at ``batch_size``; None unless a status "ok" entry has it."""
+    for entry in variant.get("benchmarks") or []:
+        if entry.get("target") == target and entry.get("batch_size") == batch_size and entry.get("status") == "ok":
+            value = _finite(entry.get("p50_ms"))
+            if value is not None:
+                return value
+    return None
+
+
+def _variant_metrics(variant: dict) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+
+    def put(key: str, value: Any) -> None:
+        number = _finite(value)
+        if number is not None:
+            metrics[_metric_key(key)] = number
+
+    put("size_bytes", variant.get("size_bytes"))
+    validation = variant.get("validation") or {}
+    put("validation.max_abs_err", validation.get("max_abs_err"))
+    put("validation.max_rel_err", validation.get("max_rel_err"))
+    evaluation = variant.get("evaluation") or {}
+    put("accuracy", evaluation.get("value"))
+    put("accuracy_drop", evaluation.get("drop"))
+    for entry in variant.get("benchmarks") or []:
+        if entry.get("status") != "ok":
+            continue
+        suffix = f"{entry.get('target')}.b{entry.get('batch_size')}"
+        for field in BENCHMARK_METRICS:
+            put(f"{field}.{suffix}", entry.get(field))
+    return metrics
+
+
+def _input_example(model: onnx.ModelProto, spec: PipelineSpec) -> dict[str, np.ndarray]:
+    """Batch-1 example per graph input: the first real sample from the spec's evaluation or
+    calibration ``.npz`` when it has a matching array, else zeros (named dims -> 1)."""
+    initializers = {t.name for t in model.graph.initializer}
+    samples: dict[str, np.ndarray] = {}
+    for section in (spec.evaluation, spec.calibration):
+        if section is None or not Path(section.dataset).is_file():
+            continue
+        try:
+            with np.load(section.dataset, allow_pickle=False) as data:
+                samples = {k: np.asarray(data[k][:1]) for k in data.files if k in {i.name for i in model.graph.input}}
+        except Exception:  # noqa: BLE001 - a sample is a nicety; zeros will do
+            samples = {}
+        if samples:
+            break
+    example: dict[str, np.ndarray] = {}
+    for graph_input in model.graph.input:
+        if graph_input.name in initializers:
+            continue
+        tensor = graph_input.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)
+        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tensor.shape.dim]
+        sample = samples.get(graph_input.name)
+        if sample is not None and sample.ndim == len(shape) and sample.shape[1:] == tuple(shape[1:]):
+            example[graph_input.name] = sample.astype(dtype, copy=False)
+        else:
+            example[graph_input.name] = np.zeros(shape, dtype=dtype)
+    return example
+
+
+def _dynamic_axes(values: Any) -> dict[str, set[int]]:
+    axes: dict[str, set[int]] = {}
+    for value in values:
+        dims = value.type.tensor_type.shape.dim
+        axes[value.name] = {i for i, d in enumerate(dims) if not (d.HasField("dim_value") and d.dim_value > 0)}
+    return axes
+
+
+def _signature(model: onnx.ModelProto, path: Path, example: dict[str, np.ndarray]) -> ModelSignature:
+    """Infer the signature from one ONNX Runtime call on ``example``; dims that are
+    symbolic in the graph (e.g. ``batch``) become -1."""
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    outputs = dict(zip(names, session.run(names, example)))
+    inferred = infer_signature(example, outputs)
+    dyn_in, dyn_out = _dynamic_axes(model.graph.input), _dynamic_axes(model.graph.output)
+
+    def widen(schema: Schema, dynamic: dict[str, set[int]]) -> Schema:
+        specs = []
+        for spec in schema.inputs:
+            axes = dynamic.get(spec.name, set()) | {0}
+            shape = tuple(-1 if i in axes else d for i, d in enumerate(spec.shape))
+            specs.append(TensorSpec(spec.type, shape, spec.name))
+        return Schema(specs)
+
+    return ModelSignature(inputs=widen(inferred.inputs, dyn_in), outputs=widen(inferred.outputs, dyn_out))
+
+
+def _check_variants(spec: PipelineSpec, variants: list[dict]) -> None:
+    names = []
+    for i, variant in enumerate(variants):
+        missing = [k for k in REQUIRED_VARIANT_KEYS if k not in variant]
+        if missing:
+            raise RegistryError(
+                f"cannot register {spec.registry.registered_model!r}: variant #{i} lacks keys {missing}"
+            )
+        names.append(variant["name"])
+        if variant["passed"] and not Path(variant["path"]).is_file():
+            raise RegistryError(
+                f"cannot register {spec.registry.registered_model!r}: ONNX file of passing variant "
+                f"{variant['name']!r} not found: {variant['path']}"
+            )
+    if len(set(names)) != len(names):
+        raise RegistryError(f"cannot register {spec.registry.registered_model!r}: duplicate variant names {names}")
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def register_pipeline(
+    spec: PipelineSpec,
+    spec_path: str | Path,
+    variants: list[dict],
+    tracking_uri: str,
+    output_dir: str | Path,
+    flow_run: dict | None = None,
+) -> dict:
+    """Log one pipeline run to MLflow and register its passing variants.
+
+    Args:
+        spec: the validated pipeline spec (``registry`` names experiment, model and alias).
+        spec_path: the spec YAML, logged as the artifact ``spec/<file name>``.
+        variants: one dict per variant, in pipeline order (fp32 first); keys ``name``,
+            ``kind``, ``path``, ``passed`` required; ``size_bytes``, ``sha256``, ``opset``,
+            ``validation``, ``evaluation``, ``benchmarks``, ``quantization``, ``lineage``
+            used when present (see the module docs of ``flows``).
+        tracking_uri: MLflow tracking (and registry) URI; see :func:`resolve_tracking_uri`.
+        output_dir: folder where ``registration.json`` (the return value) is written.
+        flow_run: ``{"id", "name", "url"}`` of the Prefect flow run, logged as tags.
+
+    Returns:
+        ``{"mlflow_run_id", "experiment_id", "tracking_uri", "run_url" (None unless
+        http(s)), "registered_model", "alias", "versions": {variant name: version},
+        "challenger": {"variant", "version", "p50_ms"} | None}``.
+
+    Raises:
+        RegistryUnavailable: the tracking server did not answer (transient).
+        RegistryError: MLflow refused a write, or a variant could not be logged; the
+            model versions this call created have been deleted again.
+    """
+    model_name = spec.registry.registered_model
+    spec_path = Path(spec_path).expanduser().resolve()
+    output_dir = Path(output_dir)
+    _check_variants(spec, variants)
+    check_tracking_uri(tracking_uri, attempts=2, backoff_s=0.5)
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    created: list[str] = []  # versions created by this call, for the rollback
+    model_existed: bool | None = None
+    alias_before: str | None = None
+    alias_set = False
+    try:
+        experiment_id = ensure_experiment(client, spec.registry.experiment, tracking_uri)
+        model_existed = _registered_model_exists(client, model_name)
+        first_target, primary = spec.targets[0].name, spec.benchmark.primary
+        with _using_store(tracking_uri):
+            with mlflow.start_run(
+                experiment_id=experiment_id,
+                run_name=spec.name,
+                tags=_parent_tags(spec, spec_path, flow_run),
+                description=f"edgeport pipeline {spec.name}: {len(variants)} variant(s)",
+            ) as parent:
+                run_id = parent.info.run_id
+                spec_params = _flatten(spec.model_dump(mode="json"))
+                if "registry.tracking_uri" in spec_params:  # never log credentials in a URI
+                    spec_params["registry.tracking_uri"] = re.sub(r"//[^/@]*@", "//***@", spec_params["registry.tracking_uri"])
+                mlflow.log_params(spec_params)
+                if spec_path.is_file():
+                    mlflow.log_artifact(str(spec_path), artifact_path="spec")
+
+                versions: dict[str, str] = {}
+                for variant in variants:
+                    version = _log_variant(client, spec, variant, experiment_id, run_id, created)
+                    if version is not None:
+                        versions[variant["name"]] = version
+
+                challenger = _pick_challenger(variants, versions, first_target, primary)
+                if challenger is not None:
+                    alias_before = _alias_version(client, model_name, spec.registry.alias)
+                    client.set_registered_model_alias(model_name, spec.registry.alias, challenger["version"])
+                    alias_set = True
+                    mlflow.set_tags({
+                        "edgeport.challenger.variant": challenger["variant"],
+                        "edgeport.challenger.version": challenger["version"],
+                    })
+                mlflow.set_tags({
+                    "edgeport.registered_model": model_name,
+                    "edgeport.versions": json.dumps(versions, sort_keys=True),
+                })
+                mlflow.log_metrics({
+                    "variants": float(len(variants)),
+                    "variants_passed": float(sum(bool(v["passed"]) for v in variants)),
+                })
+        result = {
+            "mlflow_run_id": run_id,
+            "experiment_id": experiment_id,
+            "tracking_uri": tracking_uri,
+            "run_url": _run_url(tracking_uri, experiment_id, run_id),
+            "registered_model": model_name,
+            "alias": spec.registry.alias,
+            "versions": versions,
+            "challenger": challenger,
+        }
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "registration.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        return result
+    except Exception as exc:
+        _rollback(client, model_name, created, model_existed, spec.registry.alias, alias_before, alias_set)
+        undone = f"; deleted the {len(created)} version(s) it had created ({', '.join(created)})" if created else ""
+        if _is_transient(exc):
+            raise RegistryUnavailable(
+                f"MLflow at {tracking_uri} became unreachable while registering {model_name!r}{undone}: {_first_line(exc)}"
+            ) from exc
+        raise RegistryError(f"registration of {model_name!r} at {tracking_uri} failed{undone}: {_first_line(exc)}") from exc
+
+
+def _parent_tags(spec: PipelineSpec, spec_path: Path, flow_run: dict | None) -> dict[str, str]:
+    tags = {
+        "edgeport.spec": str(spec_path),
+        "edgeport.spec_name": spec.name,
+        "edgeport.spec_digest": hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest(),
+        "edgeport.versions.onnx": onnx.__version__,
+        "edgeport.versions.onnxruntime": onnxruntime.__version__,
+    }
+    if spec_path.is_file():
+        tags["edgeport.spec_sha256"] = _sha256(spec_path)
+    commit = _git_commit()
+    if commit:
+        tags["edgeport.git_commit"] = commit
+        tags["mlflow.source.git.commit"] = commit
+    for key in ("id", "name", "url"):
+        if flow_run and flow_run.get(key):
+            tags[f"edgeport.prefect.flow_run_{key}"] = str(flow_run[key])
+    return tags
+
+
+def _log_variant(
+    client: MlflowClient, spec: PipelineSpec, variant: dict, experiment_id: str, parent_run_id: str, created: list[str]
+) -> str | None:
+    """One nested run for ``variant``; registers it when it passed. Returns the version or None."""
+    name, passed = variant["name"], bool(variant["passed"])
+    first_target, primary = spec.targets[0].name, spec.benchmark.primary
+    lineage = variant.get("lineage") or {}
+    tags = {
+        "edgeport.variant": name,
+        "edgeport.kind": str(variant["kind"]),
+        "edgeport.passed": str(passed).lower(),
+    }
+    for key in ("parent", "step"):
+        if lineage.get(key) is not None:
+            tags[f"edgeport.lineage.{key}"] = str(lineage[key])
+    if variant.get("sha256"):
+        tags["edgeport.sha256"] = str(variant["sha256"])
+    for entry in variant.get("benchmarks") or []:
+        if entry.get("status") != "ok":
+            tags[_metric_key(f"edgeport.benchmark.{entry.get('target')}.b{entry.get('batch_size')}")] = str(entry.get("status"))
+
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name, nested=True, tags=tags) as run:
+        params = {"kind": str(variant["kind"])}
+        if variant.get("opset") is not None:
+            params["opset"] = str(variant["opset"])
+        if variant.get("quantization"):
+            params.update(_flatten(_jsonable(variant["quantization"]), "quantization."))
+        mlflow.log_params(params)
+        mlflow.log_metrics(_variant_metrics(variant))
+        for key in ("validation", "evaluation", "benchmarks", "quantization", "lineage"):
+            if variant.get(key) is not None:
+                value = _jsonable(variant[key])
+                mlflow.log_dict(value if isinstance(value, dict) else {key: value}, f"reports/{key}.json")
+        mlflow.log_dict(_jsonable(variant), "reports/variant.json")
+
+        path = Path(variant["path"])
+        try:
+            model_info = _log_onnx(spec, path)
+        except Exception:
+            if passed:
+                raise
+            logger.warning("could not log the ONNX model of failed variant %r", name, exc_info=True)
+            mlflow.set_tag("edgeport.model_logged", "false")
+            return None
+        if not passed:
+            return None
+
+        p50 = primary_p50_ms(variant, first_target, primary)
+        evaluation = variant.get("evaluation") or {}
+        version_tags = {
+            "variant": name,
+            "kind": str(variant["kind"]),
+            "sha256": str(variant.get("sha256") or _sha256(path)),
+            "opset": str(variant.get("opset")),
+            "quantization": json.dumps(_jsonable(variant.get("quantization")), sort_keys=True),
+            "accuracy": str(evaluation.get("value")) if evaluation.get("value") is not None else "n/a",
+            f"p50_ms.{first_target}.b{primary}": str(p50) if p50 is not None else "n/a",
+            "p50_ms": str(p50) if p50 is not None else "n/a",
+            "edgeport.mlflow_run_id": run.info.run_id,
+            "edgeport.parent_run_id": parent_run_id,
+            "edgeport.spec_name": spec.name,
+        }
+        mv = mlflow.register_model(model_info.model_uri, spec.registry.registered_model, tags=version_tags)
+        created.append(str(mv.version))
+        client.update_model_version(
+            spec.registry.registered_model,
+            mv.version,
+            description=f"{spec.name} / {name} ({variant['kind']}), pipeline run {parent_run_id}",
+        )
+        mlflow.set_tag("edgeport.model_version", str(mv.version))
+        return str(mv.version)
+
+
+def _log_onnx(spec: PipelineSpec, path: Path) -> Any:
+    """``mlflow.onnx.log_model`` of a FRESH ModelProto (log_model moves tensors to external
+    data in place, so a proto must not be reused), with a signature and input example."""
+    model = onnx.load(str(path))
+    example = _input_example(model, spec)
+    signature = _signature(model, path, example)
+    providers = list(spec.targets[0].providers)
+    if "CPUExecutionProvider" not in providers:
+        providers.append("CPUExecutionProvider")
+    return mlflow.onnx.log_model(
+        model,
+        name="model",
+        signature=signature,
+        input_example=example,
+        pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
+        onnx_execution_providers=providers,
+        # one self-contained model.onnx unless protobuf's 2 GiB limit forces external data
+        save_as_external_data=path.stat().st_size > 1_500_000_000,
+    )
+
+
+def _pick_challenger(variants: list[dict], versions: dict[str, str], target: str, batch_size: int) -> dict | None:
+    best: dict | None = None
+    for variant in variants:
+        if variant["name"] not in versions:
+            continue
+        p50 = primary_p50_ms(variant, target, batch_size)
+        if p50 is not None and (best is None or p50 < best["p50_ms"]):
+            best = {"variant": variant["name"], "version": versions[variant["name"]], "p50_ms": p50}
+    return best
+
+
+def _registered_model_exists(client: MlflowClient, name: str) -> bool:
+    try:
+        client.get_registered_model(name)
+        return True
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+
+
+def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def _rollback(
+    client: MlflowClient,
+    name: str,
+    created: list[str],
+    model_existed: bool | None,
+    alias: str,
+    alias_before: str | None,
+    alias_set: bool,
+) -> None:
+    """Best effort: delete the versions this call created, restore the alias, drop a model it created."""
+    for version in reversed(created):
+        try:
+            client.delete_model_version(name, version)
+        except Exception:  # noqa: BLE001
+            logger.warning("rollback: could not delete %s version %s", name, version, exc_info=True)
+    if alias_set and alias_before is not None and alias_before not in created:
+        with contextlib.suppress(Exception):
+            client.set_registered_model_alias(name, alias, alias_before)
+    if model_existed is False and created:
+        try:
+            if not client.search_model_versions(f"name = '{name}'"):
+                client.delete_registered_model(name)
+        except Exception:  # noqa: BLE001
+            logger.warning("rollback: could not delete registered model %s", name, exc_info=True)
+
+
+def _run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
+    if not _is_http(tracking_uri):
+        return None
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+# --------------------------------------------------------------------------- Prefect
+
+
+def retry_if_transient(task_: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn`` (``(task, task_run, state) -> bool``): retry only when
+    the failure is transient (RegistryUnavailable, connection errors, timeouts)."""
+    try:
+        state.result()
+    except BaseException as exc:  # noqa: BLE001 - the failed state's exception
+        if isinstance(exc, EdgeportError) and not isinstance(exc, RegistryUnavailable):
+            return False
+        return _is_transient(exc)
+    return False
+
+
+@task(name="check-tracking-uri", cache_policy=NO_CACHE)
+def check_tracking_uri_task(uri: str, attempts: int = 3, backoff_s: float = 1.0) -> str:
+    """Prefect task around :func:`check_tracking_uri` (it retries itself: no Prefect retries,
+    so an unreachable registry fails the flow within seconds). Returns ``uri``."""
+    check_tracking_uri(uri, attempts=attempts, backoff_s=backoff_s)
+    return uri
+
+
+@task(
+    name="register",
+    cache_policy=NO_CACHE,
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_if_transient,
+)
+def register_task(
+    spec: PipelineSpec,
+    spec_path: str | Path,
+    variants: list[dict],
+    tracking_uri: str,
+    output_dir: str | Path,
+    flow_run: dict | None = None,
+) -> dict:
+    """Prefect task around :func:`register_pipeline` (3 retries, 2/4/8 s backoff, transient errors only)."""
+    return register_pipeline(spec, spec_path, variants, tracking_uri, output_dir, flow_run=flow_run)
