@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.machinery
 import pickle
 import sys
 import zipfile
@@ -43,6 +44,14 @@ def import_factory(spec: ModelSpec) -> Any:
     added = [str(p) for p in spec.search_path if str(p) not in sys.path]
     sys.path[:0] = added
     try:
+        top = module_name.split(".")[0]
+        found = importlib.machinery.PathFinder.find_spec(top, [str(p) for p in spec.search_path])
+        loaded = sys.modules.get(top)
+        if found is not None and loaded is not None and getattr(loaded, "__file__", None) != found.origin:
+            # Another module of the same name (e.g. a second example's `model`) was imported
+            # earlier: the spec's own folder wins.
+            for name in [m for m in sys.modules if m == top or m.startswith(top + ".")]:
+                del sys.modules[name]
         module = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or any error raised while the module runs
         raise ModelFactoryError(

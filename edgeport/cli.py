@@ -40,6 +40,7 @@ def _prefect_env() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "true")
     os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "edgeport")
 
 
 def _fail(exc: BaseException, debug: bool) -> None:

@@ -91,6 +91,7 @@ class ModelSpec(_Strict):
     )
     search_path: list[Path] = Field(
         default_factory=lambda: [Path(".")],
+        validate_default=True,
         description="Folders prepended to sys.path to import the factory module (default: the spec's folder).",
     )
 

@@ -21,6 +21,7 @@ from edgeport.spec import PipelineSpec, load_spec
 from tasks.benchmark import benchmark_task
 from tasks.evaluate import evaluate_task
 from tasks.export import export_task
+from tasks.preflight import preflight_task
 from tasks.quantize import quantize_task
 from tasks.register import check_tracking_uri_task, register_task, resolve_tracking_uri
 from tasks.validate import validate_task
@@ -138,6 +139,9 @@ def pipeline(spec_path: str, output_dir: str | None = None, tracking_uri: str | 
     out.mkdir(parents=True, exist_ok=True)
     uri = resolve_tracking_uri(spec.registry.tracking_uri, tracking_uri)
     check_tracking_uri_task(uri)  # fail before any work when MLflow is unreachable
+    start = time.perf_counter()
+    preflight_task(spec)  # bad input fails here, in seconds, naming the culprit
+    lap("preflight", start)
 
     start = time.perf_counter()
     export_state = export_task(spec, return_state=True)

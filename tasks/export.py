@@ -27,7 +27,7 @@ from edgeport.spec import PipelineSpec, spec_digest
 
 logger = logging.getLogger("edgeport.export")
 
-__all__ = ["ExportResult", "check_opset_supported", "export_cache_key", "export_model"]
+__all__ = ["EXAMPLE_BATCH", "ExportResult", "check_forward", "check_opset_supported", "export_cache_key", "export_model"]
 
 #: Samples in the example batch traced by the exporter: 2, because torch.export
 #: specialises a dynamic dim whose example size is 0 or 1.
@@ -119,11 +119,18 @@ def _checkpoint_sha256(spec: PipelineSpec) -> str:
     return file_sha256(path)
 
 
-def _torch_export(spec: PipelineSpec, model, example: dict, out: Path) -> None:
+def check_forward(spec: PipelineSpec, model, example: dict) -> tuple:
+    """Run the torch model once on ``example`` (``{input name: ndarray (batch, *dims)}``).
+
+    Returns:
+        The positional torch tensors, in the spec's input order.
+
+    Raises:
+        SpecError: the forward pass fails: the declared input shapes/dtypes do not fit the model.
+    """
     import torch
 
     args = tuple(torch.from_numpy(example[i.name]) for i in spec.inputs)
-    dynamic = set(spec.dynamic_dims)
     try:
         with torch.no_grad():
             model(*args)
@@ -133,6 +140,14 @@ def _torch_export(spec: PipelineSpec, model, example: dict, out: Path) -> None:
             f"inputs: the declared shapes {shapes} do not fit the model: a forward pass on a batch of that "
             f"shape failed with {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
         ) from None
+    return args
+
+
+def _torch_export(spec: PipelineSpec, model, example: dict, out: Path) -> None:
+    import torch
+
+    args = check_forward(spec, model, example)
+    dynamic = set(spec.dynamic_dims)
     input_names = [i.name for i in spec.inputs]
     try:
         if spec.export.exporter == "dynamo":

@@ -38,7 +38,7 @@ import numpy as np
 import onnx
 import onnxruntime
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature, infer_signature
+from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 from prefect import task
@@ -47,7 +47,7 @@ from prefect.tasks import exponential_backoff
 
 from edgeport import home
 from edgeport.errors import EdgeportError, RegistryError, RegistryUnavailable
-from edgeport.spec import PipelineSpec
+from edgeport.spec import PipelineSpec, spec_digest
 
 __all__ = [
     "check_tracking_uri",
@@ -81,6 +81,11 @@ def resolve_tracking_uri(spec_uri: str | None, override: str | None) -> str:
         if uri is not None and str(uri).strip():
             return str(uri).strip()
     return home.default_tracking_uri()
+
+
+def _redact(uri: str) -> str:
+    """``uri`` without the password of a ``scheme://user:password@host`` part."""
+    return re.sub(r"//([^/:@]*):[^/@]*@", r"//\1:***@", uri)
 
 
 def _is_http(uri: str) -> bool:
@@ -176,12 +181,12 @@ def check_tracking_uri(uri: str, attempts: int = 3, backoff_s: float = 1.0, time
         except Exception as exc:  # noqa: BLE001 - classified below
             last = exc
             if not _is_transient(exc) and _is_bad_uri(exc):
-                raise RegistryError(f"MLflow tracking URI {uri!r} is not usable: {exc}") from exc
+                raise RegistryError(f"MLflow tracking URI {_redact(uri)!r} is not usable: {exc}") from exc
             logger.warning("MLflow at %s did not answer (attempt %d/%d): %s", uri, attempt, attempts, _first_line(exc))
             if attempt < attempts:
                 time.sleep(backoff_s * 2 ** (attempt - 1))
     raise RegistryUnavailable(
-        f"MLflow tracking server {uri} is unreachable after {attempts} attempt(s): {_first_line(last)}"
+        f"MLflow tracking server {_redact(uri)} is unreachable after {attempts} attempt(s): {_first_line(last)}"
     ) from last
 
 
@@ -421,32 +426,41 @@ def _input_example(model: onnx.ModelProto, spec: PipelineSpec) -> dict[str, np.n
     return example
 
 
-def _dynamic_axes(values: Any) -> dict[str, set[int]]:
-    axes: dict[str, set[int]] = {}
+def _dynamic_axes(values: Any) -> dict[str, set[int] | None]:
+    """Per graph value, the axes that are not a fixed positive size; None when no shape is recorded."""
+    axes: dict[str, set[int] | None] = {}
     for value in values:
-        dims = value.type.tensor_type.shape.dim
-        axes[value.name] = {i for i, d in enumerate(dims) if not (d.HasField("dim_value") and d.dim_value > 0)}
+        tensor = value.type.tensor_type
+        if not tensor.HasField("shape"):
+            axes[value.name] = None
+            continue
+        axes[value.name] = {i for i, d in enumerate(tensor.shape.dim) if not (d.HasField("dim_value") and d.dim_value > 0)}
     return axes
 
 
 def _signature(model: onnx.ModelProto, path: Path, example: dict[str, np.ndarray]) -> ModelSignature:
-    """Infer the signature from one ONNX Runtime call on ``example``; dims that are
-    symbolic in the graph (e.g. ``batch``) become -1."""
+    """Signature inferred from one ONNX Runtime call on ``example``: dtypes and sizes from the
+    arrays, -1 for every axis that is symbolic in the graph (e.g. ``batch``); axis 0 is taken
+    as dynamic for outputs whose shape the graph does not record."""
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     outputs = dict(zip(names, session.run(names, example)))
-    inferred = infer_signature(example, outputs)
-    dyn_in, dyn_out = _dynamic_axes(model.graph.input), _dynamic_axes(model.graph.output)
 
-    def widen(schema: Schema, dynamic: dict[str, set[int]]) -> Schema:
+    def schema(arrays: dict[str, np.ndarray], dynamic: dict[str, set[int] | None]) -> Schema:
         specs = []
-        for spec in schema.inputs:
-            axes = dynamic.get(spec.name, set()) | {0}
-            shape = tuple(-1 if i in axes else d for i, d in enumerate(spec.shape))
-            specs.append(TensorSpec(spec.type, shape, spec.name))
+        for name, array in arrays.items():
+            array = np.asarray(array)
+            axes = dynamic.get(name)
+            if axes is None or (array.ndim and len(axes) > array.ndim):
+                axes = {0} if array.ndim else set()
+            shape = tuple(-1 if i in axes else int(n) for i, n in enumerate(array.shape))
+            specs.append(TensorSpec(array.dtype, shape, name))
         return Schema(specs)
 
-    return ModelSignature(inputs=widen(inferred.inputs, dyn_in), outputs=widen(inferred.outputs, dyn_out))
+    return ModelSignature(
+        inputs=schema(example, _dynamic_axes(model.graph.input)),
+        outputs=schema(outputs, _dynamic_axes(model.graph.output)),
+    )
 
 
 def _check_variants(spec: PipelineSpec, variants: list[dict]) -> None:
@@ -526,7 +540,7 @@ def register_pipeline(
                 run_id = parent.info.run_id
                 spec_params = _flatten(spec.model_dump(mode="json"))
                 if "registry.tracking_uri" in spec_params:  # never log credentials in a URI
-                    spec_params["registry.tracking_uri"] = re.sub(r"//[^/@]*@", "//***@", spec_params["registry.tracking_uri"])
+                    spec_params["registry.tracking_uri"] = _redact(spec_params["registry.tracking_uri"])
                 mlflow.log_params(spec_params)
                 if spec_path.is_file():
                     mlflow.log_artifact(str(spec_path), artifact_path="spec")
@@ -572,16 +586,16 @@ def register_pipeline(
         undone = f"; deleted the {len(created)} version(s) it had created ({', '.join(created)})" if created else ""
         if _is_transient(exc):
             raise RegistryUnavailable(
-                f"MLflow at {tracking_uri} became unreachable while registering {model_name!r}{undone}: {_first_line(exc)}"
+                f"MLflow at {_redact(tracking_uri)} became unreachable while registering {model_name!r}{undone}: {_first_line(exc)}"
             ) from exc
-        raise RegistryError(f"registration of {model_name!r} at {tracking_uri} failed{undone}: {_first_line(exc)}") from exc
+        raise RegistryError(f"registration of {model_name!r} at {_redact(tracking_uri)} failed{undone}: {_first_line(exc)}") from exc
 
 
 def _parent_tags(spec: PipelineSpec, spec_path: Path, flow_run: dict | None) -> dict[str, str]:
     tags = {
         "edgeport.spec": str(spec_path),
         "edgeport.spec_name": spec.name,
-        "edgeport.spec_digest": hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest(),
+        "edgeport.spec_digest": spec_digest(spec),
         "edgeport.versions.onnx": onnx.__version__,
         "edgeport.versions.onnxruntime": onnxruntime.__version__,
     }

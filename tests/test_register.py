@@ -222,8 +222,12 @@ def test_registered_model_loads_as_onnx(registered, store):
     mlflow.set_tracking_uri(uri)
     try:
         model = mlflow.onnx.load_model(f"models:/tiny-good/{mv.version}")
+        signature = mlflow.models.get_model_info(f"models:/tiny-good/{mv.version}").signature
     finally:
         mlflow.set_tracking_uri(None)
+    (x,), (y,) = signature.inputs.to_dict(), signature.outputs.to_dict()
+    assert (x["name"], x["tensor-spec"]["dtype"], tuple(x["tensor-spec"]["shape"])) == ("x", "float32", (-1, 4))
+    assert (y["name"], tuple(y["tensor-spec"]["shape"])) == ("y", (-1, 2))
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     out = session.run(None, {"x": np.ones((3, 4), np.float32)})[0]
     assert out.shape == (3, 2) and np.allclose(out, 4.0)

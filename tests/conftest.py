@@ -1,0 +1,71 @@
+"""Shared fixtures: the digits example's real artifacts, specs pointing at them, Prefect's test harness."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DIGITS = REPO / "examples" / "digits"
+
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own EDGEPORT_HOME (export cache, default stores) and cwd-independent paths."""
+    home = tmp_path / "edgeport-home"
+    monkeypatch.setenv("EDGEPORT_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def digits_artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Train the digits CNN once per session (real load_digits data): checkpoint, calibration, eval."""
+    spec = importlib.util.spec_from_file_location("_digits_train", DIGITS / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.train(tmp_path_factory.mktemp("digits"))
+
+
+def digits_spec_dict(artifacts: dict[str, Path], **overrides) -> dict:
+    """The example's pipeline.yaml, repointed at ``artifacts`` and with a quick benchmark."""
+    data = yaml.safe_load((DIGITS / "pipeline.yaml").read_text())
+    data["model"]["checkpoint"] = str(artifacts["checkpoint"])
+    data["model"]["search_path"] = [str(DIGITS)]
+    data["calibration"]["dataset"] = str(artifacts["calibration"])
+    data["evaluation"]["dataset"] = str(artifacts["eval"])
+    data["benchmark"] = {"batch_sizes": [1, 32], "warmup": 5, "repetitions": 60, "time_budget_s": 0.5, "timeout_s": 120}
+    for key, value in overrides.items():
+        data[key] = value
+    return data
+
+
+def write_spec(folder: Path, data: dict, name: str = "pipeline.yaml") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def digits_spec_path(tmp_path: Path, digits_artifacts: dict[str, Path]) -> Path:
+    """A digits spec in a tmp folder, with the registry on a sqlite store in that folder."""
+    data = digits_spec_dict(digits_artifacts)
+    data["registry"]["tracking_uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return write_spec(tmp_path / "spec", data)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """Prefect's test harness: a temporary database and API server for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
