@@ -10,6 +10,7 @@ import hashlib
 import importlib
 import importlib.machinery
 import pickle
+import re
 import sys
 import zipfile
 from pathlib import Path
@@ -93,10 +94,22 @@ def load_state_dict(spec: ModelSpec) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        # torch reports both "needs a non-allowlisted global" and "not a pickle at all" as
+        # UnpicklingError("Weights only load failed..."); only the former names a global.
+        unsafe = re.search(r"Unsupported global: GLOBAL ([\w.<>]+)", str(exc))
+        if unsafe is None:
+            reason = next(
+                (ln.strip() for ln in reversed(str(exc).splitlines()) if ln.strip() and "WeightsUnpickler" not in ln
+                 and not ln.startswith("Check the documentation")),
+                type(exc).__name__,
+            )
+            raise CheckpointError(
+                f"model.checkpoint {path}: corrupt or not a torch.save file (UnpicklingError: {reason[:200]})"
+            ) from None
         raise CheckpointError(
-            f"model.checkpoint {path}: refused: it needs arbitrary code to unpickle, and edgeport only "
-            f"loads checkpoints with torch.load(weights_only=True). Save `model.state_dict()` (tensors and "
-            f"plain Python types only). Loader said: {str(exc).splitlines()[0]}"
+            f"model.checkpoint {path}: refused: it needs arbitrary code to unpickle ({unsafe.group(1)}), and "
+            f"edgeport only loads checkpoints with torch.load(weights_only=True). Save `model.state_dict()` "
+            f"(tensors and plain Python types only)."
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise CheckpointError(

@@ -8,6 +8,7 @@ traceback with ``--debug``).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -26,8 +27,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+console = Console(width=None if Console().is_terminal else 140)
+err_console = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 140)
 
 EXIT_OK, EXIT_ERROR, EXIT_NO_CHALLENGER = 0, 1, 2
 
@@ -36,11 +37,16 @@ def _prefect_env() -> None:
     """Keep the ephemeral Prefect server's database under EDGEPORT_HOME (so the Prefect UI can be
     opened on it later), unless the user points Prefect elsewhere. Must run before importing prefect."""
     if "PREFECT_API_URL" not in os.environ and "PREFECT_HOME" not in os.environ:
-        os.environ["PREFECT_HOME"] = str(edgeport_home() / "prefect")
+        prefect_home = edgeport_home() / "prefect"
+        prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect's sqlite db cannot create its folder
+        os.environ["PREFECT_HOME"] = str(prefect_home)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "true")
     os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "edgeport")
+    logging.getLogger("edgeport").setLevel(logging.INFO)
+    for noisy in ("onnxscript", "onnx_ir", "torch.onnx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _fail(exc: BaseException, debug: bool) -> None:
@@ -53,24 +59,28 @@ def _fail(exc: BaseException, debug: bool) -> None:
 def print_summary(summary: dict) -> None:
     """Render the variants of a summary as a rich table."""
     table = Table(title=f"edgeport: {summary.get('name', '')}")
-    for col in ("variant", "kind", "size KB", "valid", "top-1", "drop pp", "p50 ms", "p99 ms", "samples/s", "passed", "version"):
-        table.add_column(col, justify="right" if col not in ("variant", "kind") else "left")
+    for col in ("variant", "kind", "size KB", "valid", "top-1", "drop pp", "target", "batch", "p50 ms", "p99 ms", "samples/s", "passed", "version"):
+        table.add_column(col, justify="right" if col not in ("variant", "kind", "target") else "left")
     for v in summary["variants"]:
         ev = v.get("evaluation") or {}
-        bench = next((b for b in v["benchmarks"] if b.get("status") == "ok"), None)
-        table.add_row(
-            v["name"],
-            v["kind"],
-            f"{v['size_bytes'] / 1024:.1f}",
-            "yes" if (v.get("validation") or {}).get("passed") else "NO",
-            f"{ev['value']:.4f}" if ev else "-",
-            f"{100 * ev['drop']:.2f}" if ev else "-",
-            f"{bench['p50_ms']:.3f} (b{bench['batch_size']})" if bench else "-",
-            f"{bench['p99_ms']:.3f}" if bench else "-",
-            f"{bench['throughput']:.0f}" if bench else "-",
-            "yes" if v["passed"] else "no",
-            str(v.get("model_version") or "-"),
-        )
+        rows = [b for b in v["benchmarks"] if b.get("status") == "ok"] or [None]
+        for i, bench in enumerate(rows):
+            first = i == 0
+            table.add_row(
+                v["name"] if first else "",
+                v["kind"] if first else "",
+                f"{v['size_bytes'] / 1024:.1f}" if first else "",
+                ("yes" if (v.get("validation") or {}).get("passed") else "NO") if first else "",
+                (f"{ev['value']:.4f}" if ev else "-") if first else "",
+                (f"{100 * ev['drop']:.2f}" if ev else "-") if first else "",
+                bench["target"] if bench else "-",
+                str(bench["batch_size"]) if bench else "-",
+                f"{bench['p50_ms']:.3f}" if bench else "-",
+                f"{bench['p99_ms']:.3f}" if bench else "-",
+                f"{bench['throughput']:.0f}" if bench else "-",
+                ("yes" if v["passed"] else "no") if first else "",
+                str(v.get("model_version") or "-") if first else "",
+            )
     console.print(table)
     ch = summary.get("challenger")
     if ch:

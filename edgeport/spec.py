@@ -204,6 +204,9 @@ class EvaluationSpec(_Strict):
     metric: Literal["top1"] = "top1"
     labels_key: str = "labels"
     max_drop: float = Field(default=0.005, ge=0, le=1, description="Max absolute metric drop vs FP32 (0.005 = 0.5 pp).")
+    min_value: float | None = Field(
+        default=None, ge=0, le=1, description="Absolute floor on the metric (e.g. 0.95 top-1), applied to every variant, FP32 included."
+    )
     max_samples: int | None = Field(default=None, ge=1)
 
     _resolve = field_validator("dataset", mode="after")(_resolve_path)

@@ -3,7 +3,8 @@
 Metric ``top1``: the fraction of samples whose arg-max over the first output's last
 axis equals the label. Each quantized variant is compared with FP32: ``drop`` =
 FP32 top-1 - variant top-1 (absolute; 0.005 = 0.5 pp), ``agreement`` = fraction of
-samples where the variant predicts the same class as FP32. The gate: ``drop <= max_drop``.
+samples where the variant predicts the same class as FP32. The gate: ``drop <= max_drop``
+and, when ``min_value`` is set, ``value >= min_value``.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def evaluate_model(
         reference: FP32's evaluation dict; None when evaluating FP32 itself (drop 0).
 
     Returns:
-        ``{"metric": "top1", "value", "drop", "agreement", "max_drop", "passed",
+        ``{"metric": "top1", "value", "drop", "agreement", "max_drop", "min_value", "passed",
         "num_samples", "predictions_path"}``.
 
     Raises:
@@ -98,7 +99,8 @@ def evaluate_model(
         "drop": drop,
         "agreement": agreement,
         "max_drop": ev.max_drop,
-        "passed": drop <= ev.max_drop + 1e-12,
+        "min_value": ev.min_value,
+        "passed": drop <= ev.max_drop + 1e-12 and (ev.min_value is None or top1 >= ev.min_value),
         "num_samples": n,
         "predictions_path": str(pred_path),
     }

@@ -1,0 +1,169 @@
+"""End to end: the digits example through the Prefect flow, into a real sqlite MLflow registry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from prefect.artifacts import Artifact
+from typer.testing import CliRunner
+
+from tests.conftest import digits_spec_dict, write_spec
+
+SUMMARY_VARIANT_KEYS = {"name", "kind", "path", "size_bytes", "validation", "evaluation", "benchmarks", "model_version"}
+BENCH_KEYS = {
+    "target",
+    "batch_size",
+    "provider",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "mean_ms",
+    "throughput",
+    "peak_rss_mb",
+    "session_create_ms",
+}
+
+
+@pytest.fixture(scope="module")
+def e2e(prefect_harness, digits_artifacts, tmp_path_factory):
+    """One full pipeline run and a re-run with unchanged inputs (same EDGEPORT_HOME, so same export cache)."""
+    root = tmp_path_factory.mktemp("e2e")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EDGEPORT_HOME", str(root / "home"))
+    from flows.pipeline import pipeline
+
+    data = digits_spec_dict(digits_artifacts)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    data["registry"]["tracking_uri"] = uri
+    spec_path = write_spec(root / "spec", data)
+    first = pipeline(str(spec_path), output_dir=str(root / "out1"))
+    second = pipeline(str(spec_path), output_dir=str(root / "out2"))
+    yield {"first": first, "second": second, "uri": uri, "root": root, "spec": data}
+    mp.undo()
+
+
+def test_summary_json_follows_the_contract(e2e):
+    summary = json.loads((e2e["root"] / "out1" / "summary.json").read_text())
+    assert summary["registered_model"] == "digits-cnn"
+    assert summary["mlflow_run_id"]
+    assert [v["name"] for v in summary["variants"]] == ["fp32", "int8-static", "int8-dynamic"]
+    assert [v["kind"] for v in summary["variants"]] == ["fp32", "static_int8", "dynamic_int8"]
+    for v in summary["variants"]:
+        assert SUMMARY_VARIANT_KEYS <= v.keys()
+        assert Path(v["path"]).is_file() and v["size_bytes"] == Path(v["path"]).stat().st_size
+        assert {"passed", "max_abs_err", "max_rel_err"} <= v["validation"].keys()
+        assert {"metric", "value", "drop", "passed"} <= v["evaluation"].keys()
+        assert {(b["target"], b["batch_size"]) for b in v["benchmarks"]} == {("cpu", 1), ("cpu", 32)}
+        for b in v["benchmarks"]:
+            assert BENCH_KEYS <= b.keys()
+            assert b["status"] == "ok" and b["provider"] == "CPUExecutionProvider"
+            assert 0 < b["p50_ms"] <= b["p99_ms"] and b["throughput"] > 0
+    fp32, static, dynamic = summary["variants"]
+    assert fp32["validation"]["max_abs_err"] < 1e-4
+    # The acceptance goal: static INT8 within 0.5 pp of FP32 on real digits, and smaller.
+    assert static["evaluation"]["drop"] <= 0.005 and static["evaluation"]["passed"]
+    assert static["size_bytes"] < 0.5 * fp32["size_bytes"]
+    assert static["op_counts"]["QuantizeLinear"] > 0
+    assert dynamic["op_counts"].get("ConvInteger", 0) > 0
+    challenger = summary["challenger"]
+    assert challenger is not None
+    passed = [v for v in summary["variants"] if v["passed"]]
+    p50 = {v["name"]: next(b["p50_ms"] for b in v["benchmarks"] if b["batch_size"] == 1) for v in passed}
+    assert challenger["variant"] == min(p50, key=p50.get)
+
+
+def test_registry_holds_versions_aliases_tags_and_reports(e2e):
+    client = MlflowClient(e2e["uri"])
+    summary = e2e["first"]
+    versions = {v["name"]: v["model_version"] for v in summary["variants"] if v["passed"]}
+    assert all(versions.values())
+    for name, version in versions.items():
+        mv = client.get_model_version("digits-cnn", version)
+        assert mv.tags["variant"] == name
+        record = next(v for v in summary["variants"] if v["name"] == name)
+        assert mv.tags["sha256"] == record["sha256"]
+        assert mv.tags["opset"] == "18"
+        assert "p50_ms" in mv.tags and "accuracy" in mv.tags
+        if name != "fp32":
+            assert json.loads(mv.tags["quantization"])["name"] == name
+    # The alias follows the latest run (the re-run registered newer versions).
+    alias = client.get_model_version_by_alias("digits-cnn", "challenger")
+    assert str(alias.version) == e2e["second"]["challenger"]["version"]
+    assert alias.tags["variant"] == e2e["second"]["challenger"]["variant"]
+
+    parent = client.get_run(summary["mlflow_run_id"])
+    assert parent.data.tags["edgeport.prefect.flow_run_id"]
+    assert parent.data.tags["edgeport.spec_digest"]
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert sorted(r.data.tags.get("edgeport.variant", r.info.run_name) for r in children) == sorted(
+        ["fp32", "int8-static", "int8-dynamic"]
+    )
+    for run in children:
+        names = {a.path for a in client.list_artifacts(run.info.run_id, "reports")}
+        assert {"reports/validation.json", "reports/evaluation.json", "reports/benchmarks.json"} <= names
+        assert any(k.startswith("p50_ms.cpu.b1") for k in run.data.metrics)
+
+
+def test_rerun_reuses_the_cached_export(e2e):
+    first, second = e2e["first"], e2e["second"]
+    assert first["variants"][0]["lineage"]["cached"] is False
+    assert second["variants"][0]["lineage"]["cached"] is True
+    assert second["timings_s"]["export"] < first["timings_s"]["export"]
+    assert second["variants"][0]["sha256"] == first["variants"][0]["sha256"]
+    # The re-run registers new versions of the same registered model.
+    assert int(second["variants"][0]["model_version"]) > int(first["variants"][0]["model_version"])
+
+
+def test_prefect_artifacts_are_published(e2e):
+    table = Artifact.get("edgeport-digits-cnn-variants")
+    assert table is not None and table.type == "table"
+    assert "int8-static" in str(table.data)
+    summary = Artifact.get("edgeport-digits-cnn-summary")
+    assert summary is not None and "challenger" in summary.data
+
+
+def test_variant_failing_its_gate_is_logged_not_registered(prefect_harness, digits_artifacts, tmp_path):
+    """Calibrating on data scaled x0.01 (a preprocessing mismatch) wrecks static INT8: caught by the gate."""
+    from flows.pipeline import pipeline
+
+    with np.load(digits_artifacts["calibration"]) as npz:
+        np.savez(tmp_path / "bad-calibration.npz", pixels=npz["pixels"] * 0.01)
+    data = digits_spec_dict(digits_artifacts)
+    data["calibration"]["dataset"] = str(tmp_path / "bad-calibration.npz")
+    data["quantization"] = [{"name": "int8-miscalibrated", "mode": "static", "per_channel": True, "activation_type": "QInt8"}]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    data["registry"]["tracking_uri"] = uri
+    summary = pipeline(str(write_spec(tmp_path / "spec", data)), output_dir=str(tmp_path / "out"))
+    bad = summary["variants"][1]
+    assert bad["evaluation"]["drop"] > 0.005 and not bad["evaluation"]["passed"]
+    assert bad["passed"] is False and bad["model_version"] is None
+    client = MlflowClient(uri)
+    registered = client.search_model_versions("name = 'digits-cnn'")
+    assert {mv.tags["variant"] for mv in registered} == {"fp32"}
+    runs = client.search_runs(
+        [client.get_experiment_by_name("digits").experiment_id], filter_string="tags.`edgeport.passed` = 'false'"
+    )
+    assert len(runs) == 1
+
+
+def test_cli_exits_2_when_no_variant_passes(prefect_harness, digits_artifacts, tmp_path):
+    from edgeport.cli import app
+
+    data = digits_spec_dict(digits_artifacts)
+    data["evaluation"]["min_value"] = 1.0  # an unreachable accuracy floor: nothing passes
+    data["quantization"] = data["quantization"][:1]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    data["registry"]["tracking_uri"] = uri
+    spec_path = write_spec(tmp_path / "spec", data)
+    result = CliRunner().invoke(app, ["run", str(spec_path), "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "nothing registered" in result.output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["challenger"] is None
+    assert MlflowClient(uri).search_model_versions("name = 'digits-cnn'") == []

@@ -1,0 +1,230 @@
+"""edgeport/spec.py (load_spec) and the spec commands of the CLI (`schema`, `validate-spec`).
+
+Every error test asserts the error type AND that the message names the spec file, the
+dotted field and the bad value, because that is the contract of :func:`load_spec`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conftest import DIGITS, write_spec
+from edgeport.cli import app
+from edgeport.errors import EdgeportError, SpecError
+from edgeport.spec import PipelineSpec, load_spec
+
+EXAMPLE = DIGITS / "pipeline.yaml"
+
+
+def _example() -> dict:
+    return yaml.safe_load(EXAMPLE.read_text())
+
+
+def _bad_spec(tmp_path: Path, mutate) -> Path:
+    data = copy.deepcopy(_example())
+    mutate(data)
+    return write_spec(tmp_path / "bad", data)
+
+
+def _spec_error(path: Path) -> str:
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    message = str(info.value)
+    assert str(path.resolve()) in message, message  # the file is always named
+    return message
+
+
+# ------------------------------------------------------------------------------ happy path
+
+
+def test_load_example_resolves_paths_against_the_spec_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # relative paths must not depend on the working directory
+    spec = load_spec(EXAMPLE)
+
+    assert isinstance(spec, PipelineSpec)
+    assert spec.name == "digits-cnn"
+    ckpt = spec.model.checkpoint
+    assert ckpt.is_absolute()
+    assert ckpt == (DIGITS / "artifacts" / "digits_cnn.pt").resolve()
+    assert ckpt.parent == (DIGITS / "artifacts").resolve()
+    assert spec.model.search_path == [DIGITS.resolve()]
+    assert spec.calibration is not None and spec.calibration.dataset == (DIGITS / "artifacts" / "calibration.npz").resolve()
+    assert spec.evaluation is not None and spec.evaluation.dataset == (DIGITS / "artifacts" / "eval.npz").resolve()
+    assert not str(ckpt).startswith(str(tmp_path))
+    # the spec's content made it through
+    assert [i.name for i in spec.inputs] == ["pixels"]
+    assert spec.inputs[0].shape == ["batch", 1, 8, 8]
+    assert spec.dynamic_dims == ["batch"]
+    assert [v.name for v in spec.quantization] == ["int8-static", "int8-dynamic"]
+    assert spec.benchmark.primary == 1
+
+
+def test_load_spec_given_a_relative_path_from_another_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative *spec* path resolves against the cwd; the paths inside it against the spec's folder."""
+    folder = tmp_path / "work" / "specs"
+    write_spec(folder, _example())
+    monkeypatch.chdir(tmp_path / "work")
+    spec = load_spec("specs/pipeline.yaml")
+    assert spec.model.checkpoint == (folder / "artifacts" / "digits_cnn.pt").resolve()
+    assert spec.model.search_path == [folder.resolve()]
+
+
+def test_absolute_paths_in_a_spec_are_kept(tmp_path: Path) -> None:
+    data = _example()
+    data["model"]["checkpoint"] = str(tmp_path / "elsewhere" / "ckpt.pt")
+    spec = load_spec(write_spec(tmp_path / "spec", data))
+    assert spec.model.checkpoint == (tmp_path / "elsewhere" / "ckpt.pt").resolve()
+
+
+# ------------------------------------------------------------------------------ field errors
+
+
+def test_bad_enum_value_names_the_dotted_field_and_value(tmp_path: Path) -> None:
+    path = _bad_spec(tmp_path, lambda d: d["quantization"][0].update(format="QDQX"))
+    message = _spec_error(path)
+    assert "quantization.0.format" in message
+    assert '"QDQX"' in message
+
+
+def test_primary_batch_size_not_in_batch_sizes(tmp_path: Path) -> None:
+    path = _bad_spec(tmp_path, lambda d: d["benchmark"].update(batch_sizes=[1, 32], primary_batch_size=8))
+    message = _spec_error(path)
+    assert "benchmark" in message
+    assert "primary_batch_size 8" in message
+    assert "[1, 32]" in message
+
+
+def test_static_variant_without_calibration_section(tmp_path: Path) -> None:
+    path = _bad_spec(tmp_path, lambda d: d.pop("calibration"))
+    message = _spec_error(path)
+    assert "static" in message and "`calibration`" in message
+
+
+def test_dynamic_only_spec_needs_no_calibration(tmp_path: Path) -> None:
+    def mutate(d: dict) -> None:
+        d.pop("calibration")
+        d["quantization"] = [v for v in d["quantization"] if v["mode"] == "dynamic"]
+
+    spec = load_spec(_bad_spec(tmp_path, mutate))
+    assert spec.calibration is None and [v.mode for v in spec.quantization] == ["dynamic"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field", "value"),
+    [
+        (lambda d: d["model"].update(checkpoitn="x.pt"), "model.checkpoitn", '"x.pt"'),
+        (lambda d: d.update(colour="red"), "colour", '"red"'),
+        (lambda d: d["benchmark"].update(warmpu=3), "benchmark.warmpu", "3"),
+    ],
+    ids=["model-typo", "top-level", "benchmark-typo"],
+)
+def test_unknown_field_is_refused(tmp_path: Path, mutate, field: str, value: str) -> None:
+    message = _spec_error(_bad_spec(tmp_path, mutate))
+    assert f"{field}: Extra inputs are not permitted" in message
+    assert f"(got {value})" in message
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field", "value"),
+    [
+        (lambda d: d["export"].update(opset=3), "export.opset", "3"),
+        (lambda d: d["inputs"][0].update(shape=["batch", 0, 8, 8]), "inputs.0.shape", "0"),
+        (lambda d: d["inputs"][0].update(dtype="float8"), "inputs.0.dtype", '"float8"'),
+        (lambda d: d["model"].update(factory="model.DigitsCNN"), "model.factory", '"model.DigitsCNN"'),
+        (lambda d: d["evaluation"].update(max_drop=2), "evaluation.max_drop", "2"),
+        (lambda d: d["validation"].update(batch_sizes=[1, -7]), "validation.batch_sizes", "-7"),
+        (lambda d: d["registry"].pop("registered_model"), "registry.registered_model", "{...}"),
+    ],
+    ids=["opset", "zero-dim", "dtype", "factory-pattern", "max-drop", "neg-batch", "missing-required"],
+)
+def test_invalid_value_names_field_and_value(tmp_path: Path, mutate, field: str, value: str) -> None:
+    message = _spec_error(_bad_spec(tmp_path, mutate))
+    line = next((ln for ln in message.splitlines() if ln.strip().startswith(field + ":")), None)
+    assert line is not None, message
+    assert value in line, message
+
+
+def test_every_error_is_listed(tmp_path: Path) -> None:
+    def mutate(d: dict) -> None:
+        d["quantization"][0]["format"] = "QDQX"
+        d["export"]["opset"] = 3
+
+    message = _spec_error(_bad_spec(tmp_path, mutate))
+    assert "(2 error(s))" in message
+    assert "quantization.0.format" in message and "export.opset" in message
+
+
+# ------------------------------------------------------------------------------ file errors
+
+
+def test_missing_spec_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(SpecError, match="spec file not found") as info:
+        load_spec(path)
+    assert str(path) in str(info.value)
+
+
+def test_non_yaml_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: digits\nmodel: {checkpoint: [unclosed\n")
+    with pytest.raises(SpecError, match="not valid YAML") as info:
+        load_spec(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(("text", "kind"), [("- name: a\n- name: b\n", "list"), ("just a string\n", "str"), ("", "NoneType")])
+def test_yaml_that_is_not_a_mapping(tmp_path: Path, text: str, kind: str) -> None:
+    path = tmp_path / "list.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError, match="must be a YAML mapping") as info:
+        load_spec(path)
+    assert str(path) in str(info.value)
+    assert f"got {kind}" in str(info.value)
+
+
+def test_spec_error_is_a_value_error_and_an_edgeport_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        load_spec(tmp_path / "nope.yaml")
+    with pytest.raises(EdgeportError):
+        load_spec(tmp_path / "nope.yaml")
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def test_cli_schema_outputs_json_schema() -> None:
+    result = CliRunner().invoke(app, ["schema"])
+    assert result.exit_code == 0, result.output
+    schema = json.loads(result.stdout)
+    assert schema["type"] == "object"
+    assert "model" in schema["properties"]
+    assert {"model", "inputs", "outputs", "registry"} <= set(schema["required"])
+    assert schema == PipelineSpec.model_json_schema()
+
+
+def test_cli_validate_spec_on_the_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["validate-spec", str(EXAMPLE)])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert shown["name"] == "digits-cnn"
+    assert Path(shown["model"]["checkpoint"]) == (DIGITS / "artifacts" / "digits_cnn.pt").resolve()
+    assert shown["validation"]["rtol"] == 1e-3  # defaults are filled in
+    assert "valid" in result.stderr
+
+
+def test_cli_validate_spec_on_a_bad_spec(tmp_path: Path) -> None:
+    path = _bad_spec(tmp_path, lambda d: d["quantization"][0].update(format="QDQX"))
+    result = CliRunner().invoke(app, ["validate-spec", str(path)])
+    assert result.exit_code == 1, result.output
+    assert "SpecError" in result.stderr
+    assert "quantization.0.format" in result.stderr
+    assert "QDQX" in result.stderr
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
