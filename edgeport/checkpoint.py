@@ -113,7 +113,8 @@ def load_state_dict(spec: ModelSpec) -> dict[str, torch.Tensor]:
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise CheckpointError(
-            f"model.checkpoint {path}: corrupt or truncated checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+            f"model.checkpoint {path}: corrupt or truncated checkpoint "
+            f"({type(exc).__name__}: {(str(exc).strip().splitlines() or ['(no message)'])[0][:200]})"
         ) from None
     if spec.state_dict_key is not None:
         if not isinstance(obj, dict) or spec.state_dict_key not in obj:

@@ -213,13 +213,128 @@ class EvaluationSpec(_Strict):
 
 
 class TargetSpec(_Strict):
-    """A hardware target: an ONNX Runtime execution provider list plus session options."""
+    """A benchmark target: execution providers (with options), session options, and the
+    environment that runs them.
+
+    A built-in profile (:data:`edgeport.targets.PROFILES`: ``cpu``, ``cpu-1t``,
+    ``openvino-cpu``) gives the defaults: the one named by ``profile``, else the one
+    whose name is ``name``. Fields the spec sets win over the profile's; ``providers``
+    is one field, so listing providers also drops the profile's provider options.
+
+    In YAML a provider is a name or a mapping ``{name: ..., options: {...}}``; the
+    options are moved to ``provider_options`` (so ``providers`` stays a list of names)::
+
+        targets:
+          - {name: cpu}                                   # profile "cpu"
+          - {name: edge, profile: cpu-1t, graph_optimization_level: basic}
+          - name: ov
+            env: openvino
+            providers:
+              - {name: OpenVINOExecutionProvider, options: {device_type: CPU}}
+              - CPUExecutionProvider
+
+    Provider names are checked against the target's own onnxruntime when it is
+    benchmarked (:func:`tasks.benchmark.benchmark_variant`), not here.
+    """
 
     name: str = Field(default="cpu", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"], min_length=1)
+    profile: str | None = Field(
+        default=None,
+        description="Built-in profile giving the defaults (cpu, cpu-1t, openvino-cpu); default: the profile named `name`, if any.",
+    )
+    providers: list[str] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        min_length=1,
+        description="Execution provider names, in priority order. An item may be given as {name, options}.",
+    )
+    provider_options: dict[str, dict[str, str | int | float | bool]] = Field(
+        default_factory=dict,
+        description="Provider name -> {option: value}, e.g. {OpenVINOExecutionProvider: {device_type: CPU}}; "
+        "every key must be one of `providers`.",
+    )
     intra_op_num_threads: int = Field(default=0, ge=0, description="0 = ONNX Runtime's default (one per physical core).")
     inter_op_num_threads: int = Field(default=0, ge=0)
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+    execution_mode: Literal["sequential", "parallel"] = "sequential"
+    env: str = Field(
+        default="current",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description='"current" (the interpreter running edgeport) or a managed environment (e.g. "openvino", '
+        "created by `edgeport targets setup openvino`).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, data: Any) -> Any:
+        """Split ``{name, options}`` provider items, then fill unset fields from the profile."""
+        if not isinstance(data, dict):
+            return data
+        from edgeport.targets import PROFILES  # edgeport.targets imports this module
+
+        data = dict(data)
+        label = data.get("name", "cpu")
+        if isinstance(data.get("providers"), list):
+            names: list[Any] = []
+            inline: dict[str, Any] = {}
+            for i, item in enumerate(data["providers"]):
+                if isinstance(item, dict):
+                    extra = set(item) - {"name", "options"}
+                    if extra or not isinstance(item.get("name"), str):
+                        raise ValueError(
+                            f"target {label!r}: providers[{i}] must be a name or {{name: str, options: mapping}}, got {item!r}"
+                        )
+                    options = item.get("options") or {}
+                    if not isinstance(options, dict):
+                        raise ValueError(
+                            f"target {label!r}: options of provider {item['name']!r} must be a mapping "
+                            f"of option -> value, got {options!r}"
+                        )
+                    names.append(item["name"])
+                    if options:
+                        inline[item["name"]] = options
+                else:
+                    names.append(item)
+            given = data.get("provider_options")
+            if inline and isinstance(given, dict):
+                both = sorted(set(inline) & set(given))
+                if both:
+                    raise ValueError(f"target {label!r}: options of {both} are given both inline and in provider_options")
+                inline = {**given, **inline}
+            data["providers"] = names
+            if inline:
+                data["provider_options"] = inline
+        profile = data.get("profile")
+        if profile is None and isinstance(label, str) and label in PROFILES:
+            profile = label
+        if profile is not None:
+            if profile not in PROFILES:
+                raise ValueError(f"target {label!r}: unknown profile {profile!r}; built-in profiles: {', '.join(PROFILES)}")
+            data["profile"] = profile
+            own_providers = "providers" in data
+            for key, value in PROFILES[profile].settings.items():
+                if key == "provider_options" and own_providers:
+                    continue  # the spec's own provider list replaces the profile's, options included
+                data.setdefault(key, json.loads(json.dumps(value)))
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TargetSpec:
+        if len(set(self.providers)) != len(self.providers):
+            raise ValueError(f"target {self.name!r}: providers must be unique, got {self.providers}")
+        stray = [p for p in self.provider_options if p not in self.providers]
+        if stray:
+            raise ValueError(f"target {self.name!r}: provider_options names {stray}, which are not in providers {self.providers}")
+        from edgeport.targets import CURRENT_ENV, ENVIRONMENTS
+
+        if self.env != CURRENT_ENV and self.env not in ENVIRONMENTS:
+            raise ValueError(f"target {self.name!r}: unknown env {self.env!r}; use {CURRENT_ENV!r} or one of {sorted(ENVIRONMENTS)}")
+        return self
+
+    @property
+    def provider_list(self) -> list[str | tuple[str, dict[str, Any]]]:
+        """Providers as ``onnxruntime.InferenceSession(providers=...)`` takes them: a name, or
+        ``(name, {option: value})`` when the provider has options."""
+        return [(p, dict(self.provider_options[p])) if self.provider_options.get(p) else p for p in self.providers]
 
 
 class BenchmarkSpec(_Strict):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,9 @@ from tasks.register import check_tracking_uri_task, register_task, resolve_track
 from tasks.validate import validate_task
 
 __all__ = ["pipeline", "select_primary_benchmark"]
+
+#: Where ``mlflow/server.sh`` serves the embedded store (override with EDGEPORT_MLFLOW_UI_URL).
+LOCAL_MLFLOW_UI = os.environ.get("EDGEPORT_MLFLOW_UI_URL", "http://127.0.0.1:5000")
 
 
 def select_primary_benchmark(variant: dict[str, Any], spec: PipelineSpec) -> dict[str, Any] | None:
@@ -106,8 +110,12 @@ def _publish_artifacts(spec: PipelineSpec, summary: dict[str, Any]) -> None:
     lines += ["| " + " | ".join(str(x) for x in r.values()) + " |" for r in rows]
     lines += ["", f"MLflow run: `{summary['mlflow_run_id']}` at `{summary['tracking_uri']}`"]
     create_markdown_artifact(markdown="\n".join(lines), key=f"{key}-summary", description="Pipeline summary")
-    if summary.get("mlflow_run_url"):
-        create_link_artifact(link=summary["mlflow_run_url"], link_text="MLflow run", key=f"{key}-mlflow-run")
+    url = summary.get("mlflow_run_url")
+    note = "MLflow run"
+    if not url:  # a local store has no server: link to where mlflow/server.sh serves it
+        url = f"{LOCAL_MLFLOW_UI}/#/experiments/{summary['mlflow_experiment_id']}/runs/{summary['mlflow_run_id']}"
+        note = "MLflow run (local store: start mlflow/server.sh to open)"
+    create_link_artifact(link=url, link_text=note, key=f"{key}-mlflow-run")
 
 
 @flow(name="edgeport-pipeline", description="Checkpoint -> validated, quantized, benchmarked ONNX variants -> MLflow registry.")
@@ -230,6 +238,7 @@ def pipeline(spec_path: str, output_dir: str | None = None, tracking_uri: str | 
         "name": spec.name,
         "mlflow_run_id": registration["mlflow_run_id"],
         "mlflow_run_url": registration.get("run_url"),
+        "mlflow_experiment_id": registration["experiment_id"],
         "tracking_uri": uri,
         "registered_model": spec.registry.registered_model,
         "prefect_flow_run": info,

@@ -32,6 +32,7 @@ from prefect.cache_policies import NO_CACHE
 from edgeport import runner as _runner
 from edgeport.errors import DataError, TargetError
 from edgeport.spec import PipelineSpec, TargetSpec
+from edgeport.targets import CURRENT_ENV, ResolvedTarget, resolve_target, runtime_info
 
 __all__ = ["RUNNER_PATH", "benchmark_task", "benchmark_variant", "build_request"]
 
@@ -45,28 +46,29 @@ STDERR_TAIL_CHARS = 2000
 def build_request(
     model_path: str | Path,
     spec: PipelineSpec,
-    target: TargetSpec,
+    target: TargetSpec | ResolvedTarget,
     samples_path: str | Path | None,
 ) -> dict[str, Any]:
     """The runner request (see :mod:`edgeport.runner`) for one model on one target.
 
     ``spec.benchmark`` gives batch_sizes, warmup, max_runs (= repetitions) and
-    time_budget_s (seconds of timed runs per batch size); ``target`` gives the
-    providers and the session options (threads, graph optimization level); the
-    inputs come from ``spec.inputs``. ``min_runs`` (10) and ``target_ci_pct`` (2.0)
-    are the runner's defaults, ``min_runs`` capped at ``repetitions``.
+    time_budget_s (seconds of timed runs per batch size); ``target`` (resolved with
+    :func:`edgeport.targets.resolve_target`: its profile applied) gives the providers,
+    as names or ``[name, {option: str}]`` pairs when a provider has options, and the
+    session options (threads, graph optimization level, execution mode); the inputs
+    come from ``spec.inputs``. ``min_runs`` (10) and ``target_ci_pct`` (2.0) are the
+    runner's defaults, ``min_runs`` capped at ``repetitions``.
+
+    Raises:
+        TargetError: the target's profile or env is unknown (a TargetSpec is resolved
+            without requiring its managed environment to exist).
     """
+    resolved = target if isinstance(target, ResolvedTarget) else resolve_target(target, check_env=False)
     bench = spec.benchmark
     return {
         "model_path": str(Path(model_path).resolve()),
-        "providers": list(target.providers),
-        "session_options": {
-            "intra_op_num_threads": target.intra_op_num_threads,
-            "inter_op_num_threads": target.inter_op_num_threads,
-            "graph_optimization_level": target.graph_optimization_level,
-            "execution_mode": "sequential",
-            "allow_spinning": False,
-        },
+        "providers": resolved.request_providers(),
+        "session_options": resolved.session_options(),
         "inputs": [i.model_dump(mode="json") for i in spec.inputs],
         "samples_path": None if samples_path is None else str(Path(samples_path).resolve()),
         "batch_sizes": list(bench.batch_sizes),
@@ -99,8 +101,10 @@ def benchmark_variant(
         samples_path: ``.npz`` with one array of shape (n_samples, *dims) per input
             name (real data, cycled to fill a batch), or None for seeded random data.
         output_dir: where the request, result and stderr log are written (created).
-        python: interpreter that runs the runner (e.g. a venv with
-            onnxruntime-openvino); default ``sys.executable``.
+        python: interpreter that runs the runner; default: the target's own
+            (:func:`edgeport.targets.resolve_target`): ``sys.executable`` for
+            ``env: current``, the managed environment's python otherwise (e.g.
+            ``$EDGEPORT_HOME/envs/openvino/bin/python`` for ``openvino-cpu``).
 
     Returns:
         One dict per batch size, in ``batch_sizes`` order: the runner's entry (keys
@@ -114,20 +118,30 @@ def benchmark_variant(
         sizes the runner finished before dying are kept.
 
     Raises:
-        TargetError: a provider name is not in ``onnxruntime.get_all_providers()``.
+        TargetError: unknown profile or env; the target's managed environment is not
+            set up (run ``edgeport targets setup <env>``) or its python cannot import
+            onnxruntime; a provider name unknown to the target's onnxruntime
+            (``get_all_providers()`` of the managed environment; of this process when
+            ``env`` is "current" or ``python`` is given).
         DataError: ``samples_path`` is given but is not a file.
     """
-    known = ort.get_all_providers()
-    unknown = [p for p in target.providers if p not in known]
+    resolved = resolve_target(target, check_env=python is None)
+    if python is None and resolved.env != CURRENT_ENV:
+        known = runtime_info(resolved.env)["all"]
+        where = f"onnxruntime of env {resolved.env!r}"
+    else:
+        known = ort.get_all_providers()
+        where = f"onnxruntime {ort.__version__}"
+    unknown = [p for p in resolved.providers if p not in known]
     if unknown:
-        raise TargetError(f"target {target.name!r}: unknown execution provider(s) {unknown}; known: {known}")
+        raise TargetError(f"target {target.name!r}: unknown execution provider(s) {unknown}; {where} knows {known}")
     if samples_path is not None and not Path(samples_path).is_file():
         raise DataError(f"benchmark samples file not found: {samples_path}")
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     stem = f"benchmark-{target.name}"
-    request = build_request(model_path, spec, target, samples_path)
+    request = build_request(model_path, spec, resolved, samples_path)
     partial_path = output_dir / f"{stem}.partial.json"
     partial_path.unlink(missing_ok=True)
     request["partial_path"] = str(partial_path)
@@ -135,7 +149,7 @@ def benchmark_variant(
     request_path.write_text(json.dumps(request, indent=2))
 
     timeout_s = spec.benchmark.timeout_s
-    cmd = [str(python or sys.executable), str(RUNNER_PATH), str(request_path)]
+    cmd = [str(python or resolved.python), str(RUNNER_PATH), str(request_path)]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
@@ -162,6 +176,8 @@ def benchmark_variant(
 
     if result is None:
         result = _salvage(request, partial_path, problem, stderr or "")
+        for entry in result["results"]:  # salvaged entries name providers as the runner does
+            entry["providers_requested"] = [p if isinstance(p, str) else p[0] for p in entry["providers_requested"]]
     partial_path.unlink(missing_ok=True)
     (output_dir / f"{stem}.json").write_text(json.dumps(result, indent=2))
 

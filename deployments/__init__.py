@@ -1,0 +1,1 @@
+"""Prefect deployments of the edgeport flows (schedules, triggers, work pools)."""
