@@ -30,7 +30,6 @@ Errors are :class:`~edgeport.errors.TargetError` naming the target or environmen
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -446,8 +445,14 @@ def _versions_text(info: Mapping[str, Any]) -> str:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock (``flock``) on ``path``: one setup per environment at a time."""
+    """Exclusive advisory lock (``flock``) on ``path``: one setup per environment at a time
+    (no lock where ``fcntl`` is missing, i.e. Windows)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
     with open(path, "a+") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:

@@ -14,6 +14,7 @@ from edgeport.checkpoint import file_sha256, load_model
 from edgeport.data import batch_arrays, load_input_arrays, load_labels, num_samples_of, reference_samples
 from edgeport.errors import DataError
 from edgeport.spec import PipelineSpec
+from edgeport.targets import resolve_target
 from tasks.export import EXAMPLE_BATCH, check_forward, check_opset_supported
 
 __all__ = ["preflight"]
@@ -30,8 +31,11 @@ def preflight(spec: PipelineSpec) -> dict[str, Any]:
         SpecError: the declared input shapes do not fit the model.
         RuntimeLoadError: ``export.opset`` is beyond the installed onnx / ONNX Runtime.
         DataError: a data file is missing, empty, has no labels, or does not fit the inputs.
+        TargetError: a target's managed environment is not set up.
     """
     check_opset_supported(spec.export.opset)
+    for target in spec.targets:
+        resolve_target(target)  # TargetError now, not after export: unknown EP, managed env not set up
     model = load_model(spec.model)
     check_forward(spec, model, batch_arrays(reference_samples(spec, EXAMPLE_BATCH), EXAMPLE_BATCH))
     report: dict[str, Any] = {
