@@ -7,7 +7,9 @@ PY     := $(VENV)/bin/python
 
 .PHONY: install demo test clean
 
+# The OpenVINO EP ships as its own onnxruntime build: a managed environment (targets profile openvino-cpu).
 install: $(VENV)/.installed
+	$(VENV)/bin/edgeport targets setup openvino
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }

@@ -10,6 +10,7 @@ Layout::
       mlflow/artifacts/     embedded MLflow artifact root
       prefect/              PREFECT_HOME for the ephemeral Prefect server (its sqlite db)
       cache/export/<key>/   content-addressed ONNX exports (key = checkpoint sha256 + export settings)
+      envs/<name>/          managed environments for EPs shipped as their own build (EDGEPORT_ENVS overrides)
       outputs/<spec name>/  default output folder of ``edgeport run`` (summary.json, variants, reports)
 """
 
@@ -50,3 +51,9 @@ def default_output_dir(spec_name: str) -> Path:
 def export_cache_dir() -> Path:
     """``$EDGEPORT_HOME/cache/export``."""
     return edgeport_home() / "cache" / "export"
+
+
+def managed_envs_dir() -> Path:
+    """Where managed target environments live: ``$EDGEPORT_ENVS``, else ``$EDGEPORT_HOME/envs``."""
+    env = os.environ.get("EDGEPORT_ENVS")
+    return Path(env).expanduser().resolve() if env else edgeport_home() / "envs"

@@ -43,7 +43,7 @@ from types import MappingProxyType
 from typing import Any
 
 from edgeport.errors import TargetError
-from edgeport.home import edgeport_home
+from edgeport.home import managed_envs_dir
 
 __all__ = [
     "CURRENT_ENV",
@@ -364,9 +364,9 @@ def _environment(name: str) -> Mapping[str, Any]:
 
 
 def environment_dir(name: str, home: Path | None = None) -> Path:
-    """``$EDGEPORT_HOME/envs/<name>`` (not created here)."""
+    """``$EDGEPORT_ENVS/<name>``, default ``$EDGEPORT_HOME/envs/<name>`` (not created here)."""
     _environment(name)
-    return (home or edgeport_home()) / "envs" / name
+    return (home / "envs" if home is not None else managed_envs_dir()) / name
 
 
 def environment_python(name: str, home: Path | None = None) -> Path:

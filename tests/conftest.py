@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from edgeport.home import managed_envs_dir
+
 REPO = Path(__file__).resolve().parents[1]
+#: Managed target environments (`edgeport targets setup openvino`), read before any test
+#: points EDGEPORT_HOME at a temporary folder.
+REAL_ENVS = managed_envs_dir()
 DIGITS = REPO / "examples" / "digits"
 
 os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -25,6 +30,18 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+def openvino_env_ready() -> bool:
+    """True when `edgeport targets setup openvino` has created the OpenVINO environment."""
+    return (REAL_ENVS / "openvino" / "edgeport-env.json").is_file()
+
+
+@pytest.fixture
+def real_envs(monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Use the machine's managed environments (the OpenVINO EP's) despite the per-test EDGEPORT_HOME."""
+    monkeypatch.setenv("EDGEPORT_ENVS", str(REAL_ENVS))
+    return REAL_ENVS
+
+
 @pytest.fixture(scope="session")
 def digits_artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Train the digits CNN once per session (real load_digits data): checkpoint, calibration, eval."""
@@ -35,13 +52,14 @@ def digits_artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
 
 
 def digits_spec_dict(artifacts: dict[str, Path], **overrides) -> dict:
-    """The example's pipeline.yaml, repointed at ``artifacts`` and with a quick benchmark."""
+    """The example's pipeline.yaml, repointed at ``artifacts``, with a quick benchmark on the ``cpu`` target."""
     data = yaml.safe_load((DIGITS / "pipeline.yaml").read_text())
     data["model"]["checkpoint"] = str(artifacts["checkpoint"])
     data["model"]["search_path"] = [str(DIGITS)]
     data["calibration"]["dataset"] = str(artifacts["calibration"])
     data["evaluation"]["dataset"] = str(artifacts["eval"])
     data["benchmark"] = {"batch_sizes": [1, 32], "warmup": 5, "repetitions": 60, "time_budget_s": 0.5, "timeout_s": 120}
+    data["targets"] = [{"name": "cpu"}]  # the example's other targets: see test_pipeline.py
     for key, value in overrides.items():
         data[key] = value
     return data

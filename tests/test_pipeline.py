@@ -11,7 +11,9 @@ from mlflow import MlflowClient
 from prefect.artifacts import Artifact
 from typer.testing import CliRunner
 
-from tests.conftest import digits_spec_dict, write_spec
+import yaml
+
+from tests.conftest import DIGITS, REAL_ENVS, digits_spec_dict, openvino_env_ready, write_spec
 
 SUMMARY_VARIANT_KEYS = {"name", "kind", "path", "size_bytes", "validation", "evaluation", "benchmarks", "model_version"}
 BENCH_KEYS = {
@@ -34,9 +36,14 @@ def e2e(prefect_harness, digits_artifacts, tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     mp = pytest.MonkeyPatch()
     mp.setenv("EDGEPORT_HOME", str(root / "home"))
+    mp.setenv("EDGEPORT_ENVS", str(REAL_ENVS))
     from flows.pipeline import pipeline
 
-    data = digits_spec_dict(digits_artifacts)
+    # The example's own targets (cpu, cpu-1t, openvino-cpu) when the OpenVINO env is set up.
+    targets = yaml.safe_load((DIGITS / "pipeline.yaml").read_text())["targets"]
+    if not openvino_env_ready():
+        targets = [t for t in targets if t["name"] != "openvino-cpu"]
+    data = digits_spec_dict(digits_artifacts, targets=targets)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     data["registry"]["tracking_uri"] = uri
     spec_path = write_spec(root / "spec", data)
@@ -57,11 +64,14 @@ def test_summary_json_follows_the_contract(e2e):
         assert Path(v["path"]).is_file() and v["size_bytes"] == Path(v["path"]).stat().st_size
         assert {"passed", "max_abs_err", "max_rel_err"} <= v["validation"].keys()
         assert {"metric", "value", "drop", "passed"} <= v["evaluation"].keys()
-        assert {(b["target"], b["batch_size"]) for b in v["benchmarks"]} == {("cpu", 1), ("cpu", 32)}
+        targets = [t["name"] for t in e2e["spec"]["targets"]]
+        assert [(b["target"], b["batch_size"]) for b in v["benchmarks"]] == [(t, bs) for t in targets for bs in (1, 32)]
         for b in v["benchmarks"]:
             assert BENCH_KEYS <= b.keys()
-            assert b["status"] == "ok" and b["provider"] == "CPUExecutionProvider"
-            assert 0 < b["p50_ms"] <= b["p99_ms"] and b["throughput"] > 0
+            if b["target"] in ("cpu", "cpu-1t"):
+                assert b["status"] == "ok" and b["providers_bound"] == ["CPUExecutionProvider"]
+                assert 0 < b["p50_ms"] <= b["p99_ms"] and b["throughput"] > 0
+                assert b["allow_spinning"] is False
     fp32, static, dynamic = summary["variants"]
     assert fp32["validation"]["max_abs_err"] < 1e-4
     # The acceptance goal: static INT8 within 0.5 pp of FP32 on real digits, and smaller.
@@ -74,6 +84,20 @@ def test_summary_json_follows_the_contract(e2e):
     passed = [v for v in summary["variants"] if v["passed"]]
     p50 = {v["name"]: next(b["p50_ms"] for b in v["benchmarks"] if b["batch_size"] == 1) for v in passed}
     assert challenger["variant"] == min(p50, key=p50.get)
+
+
+def test_openvino_target_binds_its_ep_and_marks_what_it_cannot_load(e2e):
+    if not openvino_env_ready():
+        pytest.skip("OpenVINO env missing: run `edgeport targets setup openvino` (make install does)")
+    by_variant = {v["name"]: [b for b in v["benchmarks"] if b["target"] == "openvino-cpu"] for v in e2e["first"]["variants"]}
+    for name in ("fp32", "int8-static"):
+        for b in by_variant[name]:
+            assert b["status"] == "ok", b
+            assert b["providers_bound"][0] == "OpenVINOExecutionProvider" and b["provider"] == "OpenVINOExecutionProvider"
+    # Dynamic quantization of convolutions gives ConvInteger, which the OpenVINO EP rejects:
+    # recorded as unsupported with the runtime's message, not a crash, and the run went on.
+    for b in by_variant["int8-dynamic"]:
+        assert b["status"] == "unsupported" and b["error"]
 
 
 def test_registry_holds_versions_aliases_tags_and_reports(e2e):
