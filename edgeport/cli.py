@@ -44,6 +44,8 @@ def _prefect_env() -> None:
         prefect_home = edgeport_home() / "prefect"
         prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect's sqlite db cannot create its folder
         os.environ["PREFECT_HOME"] = str(prefect_home)
+    # The ephemeral server takes 10-15 s to start on 2 cores, more under load (Prefect's default: 20 s).
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "true")
     os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
@@ -51,6 +53,26 @@ def _prefect_env() -> None:
     logging.getLogger("edgeport").setLevel(logging.INFO)
     for noisy in ("onnxscript", "onnx_ir", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _quiet_tracebacks() -> None:
+    """Keep Prefect's console log lines but drop the tracebacks they carry: the CLI prints one
+    clean error line instead (``--debug`` keeps them). Only Prefect's console formatter
+    (``PrefectFormatter``, from its logging.yml) changes; the handler that ships logs to the
+    Prefect API formats with its own formatter, so the UI still shows the traceback."""
+    from prefect.logging.formatters import PrefectFormatter
+
+    original = PrefectFormatter.format
+
+    def format_without_traceback(self: PrefectFormatter, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None  # exc_text: another handler may have cached it
+        try:
+            return original(self, record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+    PrefectFormatter.format = format_without_traceback  # type: ignore[method-assign]
 
 
 def _fail(exc: BaseException, debug: bool) -> None:
@@ -111,6 +133,8 @@ def run(
     out = (output or default_output_dir(parsed.name)).resolve()
     from flows.pipeline import pipeline
 
+    if not debug:
+        _quiet_tracebacks()
     try:
         summary = pipeline(str(spec.resolve()), output_dir=str(out), tracking_uri=tracking_uri)
     except EdgeportError as exc:

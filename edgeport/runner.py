@@ -33,6 +33,8 @@ Request (JSON object)::
     time_budget_s       float = 10.0, max wall seconds of timed runs per batch size
     target_ci_pct       float = 2.0, stop once the 95% CI half-width of the median
                         latency is at most this percentage of the median
+    latencies_path      str | null; if set, the raw timed latencies (ms, float64) of every
+                        measured batch size are saved there as .npz, key "b<batch size>"
     partial_path        str | null; if set, the result so far is rewritten there
                         (atomically) after every batch size, so a caller can salvage
                         finished batch sizes when the process dies later
@@ -306,6 +308,7 @@ def load_request(path: str) -> dict[str, Any]:
         "time_budget_s": float(req.get("time_budget_s", 10.0)),
         "target_ci_pct": float(req.get("target_ci_pct", 2.0)),
         "partial_path": req.get("partial_path"),
+        "latencies_path": req.get("latencies_path"),
     }
     if any(b <= 0 for b in out["batch_sizes"]):
         raise RequestError(f"batch sizes must be positive, got {out['batch_sizes']}")
@@ -458,6 +461,7 @@ def _measure(session: ort.InferenceSession, feeds: dict[str, np.ndarray], req: d
     finally:
         gc.enable()
     stats = summarize(latencies, batch_size)
+    stats["_latencies_ms"] = np.asarray(latencies, dtype=np.float64) / 1e6
     stats["stable"] = stats["ci_halfwidth_pct"] is not None and stats["ci_halfwidth_pct"] <= req["target_ci_pct"]
     stats["stop_reason"] = stop_reason
     return stats
@@ -552,12 +556,17 @@ def run_request(req: dict[str, Any]) -> dict[str, Any]:
                 samples = {k: npz[k] for k in npz.files}
         except Exception as exc:
             samples_error = f"cannot read samples {req['samples_path']}: {type(exc).__name__}: {exc}"
+    raw: dict[str, np.ndarray] = {}
     for batch_size in req["batch_sizes"]:
         log.info("batch size %d: %s", batch_size, req["model_path"])
         if samples_error:
             entry = _entry(batch_size, req, size, "failed", samples_error)
         else:
             entry = benchmark_batch(req, batch_size, samples, size)
+        latencies = entry.pop("_latencies_ms", None)
+        if latencies is not None and req["latencies_path"]:
+            raw[f"b{batch_size}"] = latencies
+            np.savez(req["latencies_path"], **raw)
         log.info(
             "batch size %d: %s p50=%s ms runs=%s ci=%s%% %s",
             batch_size, entry["status"], entry["p50_ms"], entry["runs"], entry["ci_halfwidth_pct"], entry["error"] or "",

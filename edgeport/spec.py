@@ -348,6 +348,12 @@ class BenchmarkSpec(_Strict):
         default=None, description="Batch size whose p50 picks the challenger; default: the first of batch_sizes."
     )
     timeout_s: float = Field(default=600.0, gt=0, description="Kill the runner process after this long.")
+    rounds: int = Field(
+        default=2,
+        ge=1,
+        description="Interleaved rounds (A B C, A B C, ...) over the variants of a target, pooled; "
+        "guards comparisons against machine drift. Budget and repetitions are split across rounds.",
+    )
 
     @model_validator(mode="after")
     def _primary_in_batch_sizes(self) -> BenchmarkSpec:
@@ -397,8 +403,9 @@ class PipelineSpec(_Strict):
         variants = ["fp32", *(v.name for v in self.quantization)]
         if len(set(variants)) != len(variants):
             raise ValueError(f"variant names must be unique and not 'fp32', got {variants}")
-        if any(v.mode == "static" for v in self.quantization) and self.calibration is None:
-            raise ValueError("static quantization variants need a `calibration` section")
+        static = [v.name for v in self.quantization if v.mode == "static"]
+        if static and self.calibration is None:
+            raise ValueError(f"quantization: static variants {static} need a `calibration` section")
         targets = [t.name for t in self.targets]
         if len(set(targets)) != len(targets):
             raise ValueError(f"target names must be unique, got {targets}")

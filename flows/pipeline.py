@@ -14,12 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.runtime import flow_run
 
 from edgeport.home import default_output_dir
 from edgeport.spec import PipelineSpec, load_spec
-from tasks.benchmark import benchmark_task
+from tasks.benchmark import benchmark_target_task
 from tasks.evaluate import evaluate_task
 from tasks.export import export_task
 from tasks.preflight import preflight_task
@@ -89,8 +95,36 @@ def _summary_table(spec: PipelineSpec, variants: list[dict[str, Any]]) -> list[d
     return rows
 
 
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower())
+
+
+def _artifact_key(spec: PipelineSpec) -> str:
+    """Prefect artifact keys: lowercase letters, digits and dashes."""
+    return "edgeport-" + _slug(spec.name)
+
+
+def _bench_row(b: dict[str, Any]) -> dict[str, Any]:
+    def r(x: Any) -> Any:
+        return None if x is None else round(x, 4)
+
+    return {
+        "batch": b["batch_size"],
+        "status": b["status"],
+        "providers_bound": ",".join(b.get("providers_bound") or []),
+        "p50_ms": r(b.get("p50_ms")),
+        "p90_ms": r(b.get("p90_ms")),
+        "p99_ms": r(b.get("p99_ms")),
+        "samples_per_s": r(b.get("throughput")),
+        "ci_pct": r(b.get("ci_halfwidth_pct")),
+        "drift_pct": r(b.get("drift_pct")),
+        "runs": b.get("runs"),
+        "error": (b.get("error") or "")[:120],
+    }
+
+
 def _publish_artifacts(spec: PipelineSpec, summary: dict[str, Any]) -> None:
-    key = "edgeport-" + "".join(c if c.isalnum() else "-" for c in spec.name.lower())
+    key = _artifact_key(spec)
     rows = _summary_table(spec, summary["variants"])
     create_table_artifact(table=rows, key=f"{key}-variants", description=f"Variants of {spec.name}")
     challenger = summary["challenger"]
@@ -206,16 +240,26 @@ def pipeline(spec_path: str, output_dir: str | None = None, tracking_uri: str | 
                 record["evaluation"] = evaluate_task(spec, record["path"], record["name"], str(out), reference=reference)
         lap("evaluate", start)
 
-    # Benchmarks share this host's cores: run them one after another, never concurrently.
+    # Benchmarks share this host's cores: one target at a time, variants interleaved in rounds.
     start = time.perf_counter()
-    samples = _samples_path(spec)
-    for record in variants:
-        if not record["validation"]["passed"]:
-            continue
-        for target in spec.targets:
-            record["benchmarks"] += benchmark_task(
-                record["path"], spec, target, samples, str(out / "benchmarks" / record["name"])
-            )
+    models = {r["name"]: r["path"] for r in variants if r["validation"]["passed"]}
+    progress_id = create_progress_artifact(0.0, key=f"{_artifact_key(spec)}-benchmark-progress", description="Benchmarks done")
+    for i, target in enumerate(spec.targets):
+        results = benchmark_target_task(
+            spec,
+            target,
+            models,
+            _samples_path(spec),
+            str(out / "benchmarks" / target.name),
+            on_progress=lambda f, i=i: update_progress_artifact(progress_id, 100.0 * (i + f) / len(spec.targets)),
+        )
+        for record in variants:
+            record["benchmarks"] += results.get(record["name"], [])
+        create_table_artifact(
+            table=[{"variant": name, **_bench_row(b)} for name, entries in results.items() for b in entries],
+            key=f"{_artifact_key(spec)}-benchmark-{_slug(target.name)}",
+            description=f"Benchmarks on target {target.name} ({', '.join(target.providers)})",
+        )
     lap("benchmark", start)
 
     for record in variants:

@@ -17,13 +17,16 @@ Give each variant its own ``output_dir``: the names depend on the target only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnxruntime as ort
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -33,7 +36,17 @@ from edgeport.errors import DataError, TargetError
 from edgeport.spec import PipelineSpec, TargetSpec
 from edgeport.targets import CURRENT_ENV, ResolvedTarget, resolve_target, runtime_info
 
-__all__ = ["RUNNER_PATH", "benchmark_task", "benchmark_variant", "build_request"]
+__all__ = [
+    "RUNNER_PATH",
+    "benchmark_target",
+    "benchmark_target_task",
+    "benchmark_task",
+    "benchmark_variant",
+    "build_request",
+    "combine_rounds",
+    "host_concurrency_limit",
+    "load_latencies",
+]
 
 #: The runner script launched in the child process (copy it to run elsewhere).
 RUNNER_PATH = Path(_runner.__file__).resolve()
@@ -144,6 +157,9 @@ def benchmark_variant(
     partial_path = output_dir / f"{stem}.partial.json"
     partial_path.unlink(missing_ok=True)
     request["partial_path"] = str(partial_path)
+    latencies_path = output_dir / f"{stem}.latencies.npz"
+    latencies_path.unlink(missing_ok=True)
+    request["latencies_path"] = str(latencies_path)
     request_path = output_dir / f"{stem}.request.json"
     request_path.write_text(json.dumps(request, indent=2))
 
@@ -183,8 +199,159 @@ def benchmark_variant(
     entries = []
     for entry in result["results"]:
         bound = entry.get("providers_bound") or []
-        entries.append({**entry, "target": target.name, "provider": bound[0] if bound else None})
+        raw = str(latencies_path) if latencies_path.is_file() and entry.get("runs") else None
+        entries.append({**entry, "target": target.name, "provider": bound[0] if bound else None, "latencies_path": raw})
     return entries
+
+
+#: Severity of a status when rounds disagree: the worst one wins.
+_STATUS_RANK = {"ok": 0, "fallback": 1, "unsupported": 2, "failed": 3}
+
+
+def load_latencies(entry: dict[str, Any]) -> np.ndarray | None:
+    """Raw timed latencies (ms, float64, shape (runs,)) of a benchmark entry, or None."""
+    path = entry.get("latencies_path")
+    if not path or not Path(path).is_file():
+        return None
+    with np.load(path) as npz:
+        key = f"b{entry['batch_size']}"
+        return npz[key] if key in npz.files else None
+
+
+def combine_rounds(rounds: list[dict[str, Any]], target_ci_pct: float = 2.0) -> dict[str, Any]:
+    """Pool the rounds of one (variant, target, batch size) into one entry.
+
+    The statistics are recomputed (:func:`edgeport.runner.summarize`) over the raw
+    latencies of every round that measured; ``session_create_ms`` and
+    ``first_inference_ms`` are the medians over rounds, ``peak_rss_mb`` the max. The
+    status is the worst of the rounds' (ok < fallback < unsupported < failed), with its
+    error. ``drift_pct`` = 100 x (max - min) / median of the per-round p50s: how much the
+    machine drifted between rounds; ``stable`` requires the pooled median's 95% CI
+    half-width <= ``target_ci_pct`` and ``drift_pct`` <= 2 x ``target_ci_pct``.
+
+    Args:
+        rounds: entries of :func:`benchmark_variant` for the same batch size, one per round.
+
+    Returns:
+        One entry with the keys of the inputs plus ``rounds`` (count), ``round_p50_ms`` and ``drift_pct``.
+    """
+    worst = max(rounds, key=lambda e: _STATUS_RANK.get(e["status"], 3))
+    measured = [(e, lat) for e in rounds if (lat := load_latencies(e)) is not None and len(lat)]
+    combined = dict(rounds[-1])
+    combined.update(status=worst["status"], error=worst["error"], rounds=len(rounds))
+    if not measured:
+        combined.update(round_p50_ms=[], drift_pct=None)
+        return combined
+    pooled = np.concatenate([lat for _, lat in measured])
+    stats = _runner.summarize((pooled * 1e6).tolist(), combined["batch_size"])
+    p50s = [float(e["p50_ms"]) for e, _ in measured]
+    drift = 100.0 * (max(p50s) - min(p50s)) / float(np.median(p50s)) if len(p50s) > 1 else 0.0
+    ci = stats["ci_halfwidth_pct"]
+    combined.update(stats)
+    combined.update(
+        session_create_ms=float(np.median([e["session_create_ms"] for e, _ in measured])),
+        first_inference_ms=float(np.median([e["first_inference_ms"] for e, _ in measured])),
+        peak_rss_mb=max((e["peak_rss_mb"] or 0.0) for e, _ in measured),
+        round_p50_ms=p50s,
+        drift_pct=drift,
+        stable=ci is not None and ci <= target_ci_pct and drift <= 2 * target_ci_pct,
+        latencies_path=None,
+        latencies_paths=[e["latencies_path"] for e, _ in measured],
+    )
+    return combined
+
+
+def host_concurrency_limit() -> str:
+    """Name of the Prefect global concurrency limit (1 slot) that serialises benchmarks on this host."""
+    return f"edgeport-benchmark-{socket.gethostname()}"
+
+
+@contextlib.contextmanager
+def _one_benchmark_per_host():
+    """Hold this host's benchmark slot while inside a Prefect run (no-op outside one).
+
+    The limit is created with 1 slot when missing, so two pipeline runs on one machine
+    take turns instead of sharing its cores.
+    """
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    if FlowRunContext.get() is None and TaskRunContext.get() is None:
+        yield
+        return
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectNotFound
+
+    name = host_concurrency_limit()
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(Exception):  # another run created it meanwhile
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    with concurrency(name, occupy=1, lease_duration=300.0):
+        yield
+
+
+def benchmark_target(
+    spec: PipelineSpec,
+    target: TargetSpec,
+    models: dict[str, str],
+    samples_path: str | Path | None,
+    output_dir: str | Path,
+    on_progress: Any = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Benchmark several variants on one target, interleaved in rounds to cancel drift.
+
+    Method: ``spec.benchmark.rounds`` rounds; each round runs every variant once
+    (A B C, A B C, ...), each in its own runner process (one live session at a time,
+    intra-op spinning off), with ``time_budget_s / rounds`` seconds and
+    ``repetitions / rounds`` runs per batch size. A slow drift of the machine (thermal,
+    a background job) then hits every variant alike instead of favouring whichever
+    ran first. Rounds are pooled by :func:`combine_rounds`. A variant the target
+    cannot load (``unsupported``) is not retried in later rounds. The whole sweep holds
+    this host's benchmark slot (:func:`host_concurrency_limit`).
+
+    Args:
+        models: variant name -> .onnx path, in the order to run them.
+        output_dir: ``<output_dir>/<variant>/round-<r>/`` receives each runner's files.
+        on_progress: optional callable(fraction_done: float) for progress reporting.
+
+    Returns:
+        variant name -> one pooled entry per batch size (see :func:`benchmark_variant`).
+
+    Raises:
+        TargetError, DataError: see :func:`benchmark_variant` (before anything runs).
+    """
+    b = spec.benchmark
+    rounds = b.rounds
+    per_round = spec.model_copy(
+        update={
+            "benchmark": b.model_copy(
+                update={"time_budget_s": b.time_budget_s / rounds, "repetitions": max(1, -(-b.repetitions // rounds))}
+            )
+        }
+    )
+    collected: dict[str, list[list[dict[str, Any]]]] = {name: [] for name in models}
+    done, total = 0, rounds * len(models)
+    with _one_benchmark_per_host():
+        for r in range(rounds):
+            for name, path in models.items():
+                previous = collected[name]
+                if previous and all(e["status"] == "unsupported" for e in previous[-1]):
+                    done += 1
+                    continue
+                collected[name].append(
+                    benchmark_variant(path, per_round, target, samples_path, Path(output_dir) / name / f"round-{r}")
+                )
+                done += 1
+                if on_progress is not None:
+                    on_progress(done / total)
+    return {
+        name: [combine_rounds([entries[i] for entries in runs], 2.0) for i in range(len(runs[0]))]
+        for name, runs in collected.items()
+    }
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -266,4 +433,15 @@ benchmark_task = task(
     tags=["edgeport-benchmark"],
     retries=0,
     cache_policy=NO_CACHE,
+)
+
+
+#: Prefect task for a whole target (all variants, interleaved rounds); holds the host's slot.
+benchmark_target_task = task(
+    benchmark_target,
+    name="benchmark-target",
+    tags=["edgeport-benchmark"],
+    retries=0,
+    cache_policy=NO_CACHE,
+    task_run_name="benchmark-{target.name}",
 )

@@ -87,8 +87,15 @@ def check_opset_supported(opset: int) -> None:
     except Exception as exc:
         raise RuntimeLoadError(
             f"export.opset {opset}: the installed onnxruntime {ort.__version__} cannot load this opset "
-            f"({str(exc).splitlines()[-1][:200]})"
+            f"({_opset_reason(str(exc))})"
         ) from None
+
+
+def _opset_reason(message: str) -> str:
+    """The informative tail of ORT's opset error (it opens with a long C++ signature)."""
+    text = " ".join(message.split())
+    marker = text.find("Current official support")
+    return text[marker:][:300] if marker >= 0 else text[-300:]
 
 
 def export_cache_key(spec: PipelineSpec, checkpoint_sha256: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,8 @@ DIGITS = REPO / "examples" / "digits"
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+# Persisted task results (the export cache's Prefect records) stay out of ~/.prefect.
+os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", tempfile.mkdtemp(prefix="edgeport-prefect-results-"))
 
 
 @pytest.fixture(autouse=True)
@@ -87,3 +90,25 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture
+def cli_env(prefect_harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the CLI in-process against the harness' server without leaking its environment.
+
+    The harness points Prefect at its server through a settings context, not os.environ:
+    export its URL so the CLI leaves PREFECT_HOME alone, and let monkeypatch restore the
+    variables the CLI sets with os.environ.setdefault.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
+    for name in (
+        "PREFECT_HOME",
+        "PREFECT_SERVER_ANALYTICS_ENABLED",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
+        "DO_NOT_TRACK",
+        "MLFLOW_ENABLE_TELEMETRY",
+        "PREFECT_LOGGING_EXTRA_LOGGERS",
+    ):
+        monkeypatch.delenv(name, raising=False)

@@ -510,19 +510,7 @@ def test_flow_unreachable_tracking_uri(prefect_harness, tmp_path: Path, digits_a
 # ------------------------------------------------------------------------------ CLI
 
 
-def test_cli_run_with_missing_checkpoint(
-    prefect_harness, tmp_path: Path, digits_artifacts, registry_uri: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from prefect.settings import PREFECT_API_URL
-
-    # The harness points Prefect at its server through a settings context, not os.environ.
-    # Export its URL so the CLI leaves PREFECT_HOME alone, and let monkeypatch restore every
-    # variable the CLI sets with os.environ.setdefault, so nothing leaks into later tests.
-    api_url = PREFECT_API_URL.value()
-    assert api_url, "prefect_harness should have set PREFECT_API_URL"
-    monkeypatch.setenv("PREFECT_API_URL", api_url)
-    for name in ("PREFECT_HOME", "PREFECT_SERVER_ANALYTICS_ENABLED", "DO_NOT_TRACK", "MLFLOW_ENABLE_TELEMETRY", "PREFECT_LOGGING_EXTRA_LOGGERS"):
-        monkeypatch.delenv(name, raising=False)
+def test_cli_run_with_missing_checkpoint(cli_env, tmp_path: Path, digits_artifacts, registry_uri: str) -> None:
     from edgeport.cli import app
 
     missing = tmp_path / "gone.pt"
@@ -541,11 +529,6 @@ def test_cli_run_with_missing_checkpoint(
     _assert_nothing_registered(registry_uri)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect in edgeport/cli.py: Prefect's console log handler prints the failed task's and "
-    "flow's tracebacks (about 70 lines) on stderr before the CLI's one-line `error:` message",
-)
 def test_cli_run_user_sees_no_traceback(prefect_harness, tmp_path: Path, digits_artifacts, registry_uri: str) -> None:
     """What a user's terminal shows: the CLI in a real process (CliRunner cannot see Prefect's
     console handler, whose stream was bound when Prefect configured logging)."""

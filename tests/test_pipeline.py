@@ -176,7 +176,7 @@ def test_variant_failing_its_gate_is_logged_not_registered(prefect_harness, digi
     assert len(runs) == 1
 
 
-def test_cli_exits_2_when_no_variant_passes(prefect_harness, digits_artifacts, tmp_path):
+def test_cli_exits_2_when_no_variant_passes(cli_env, digits_artifacts, tmp_path):
     from edgeport.cli import app
 
     data = digits_spec_dict(digits_artifacts)
