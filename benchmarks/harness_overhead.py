@@ -1,7 +1,8 @@
 """Benchmark: does edgeport's runner add latency? Runner p50 vs a bare ``session.run`` loop.
 
-For each model and batch size, two measurements alternate ``--rounds`` times (A B A B ...,
-so slow drift of the machine hits both alike):
+For each model and batch size, two measurements alternate over ``--rounds`` rounds, in
+the order A B, B A, A B, ... (so slow drift of the machine and any order effect hit both
+alike):
 
 A. **runner**: :func:`tasks.benchmark.benchmark_variant` exactly as the pipeline calls it: a
    child process runs :mod:`edgeport.runner` (new session, first inference, warmup, timed
@@ -12,10 +13,12 @@ B. **bare**: in this process, a new ``InferenceSession`` with the same session o
    request: the ``cpu`` target's threads, graph optimization ``all``, spinning off), the
    same input batch (:func:`edgeport.runner.make_feeds`, seed 0), one first inference,
    the same number of warmup runs, then exactly as many timed runs as A made in the same
-   round, each timed as ``perf_counter_ns()`` around ``session.run``; p50 with numpy.
+   round (a B-first round: in the round before), each timed as ``perf_counter_ns()`` around ``session.run``; p50 with numpy.
 
 Overhead of a round = (runner p50 - bare p50) / bare p50. The table gives the median over
-rounds and the min..max (the spread), the medians of both p50s, and the median run count.
+rounds and the min..max (the spread), the medians of both p50s, and the median run count;
+also the median overhead of the *minimum* latency (runner ``min_ms`` vs the bare loop's),
+the estimate least disturbed by other processes on a shared host.
 
 Models: the ``onnx`` package's light SqueezeNet 1.0 and ResNet-50 (real architectures,
 constant weights; batch dim made dynamic as in ``benchmarks/light_models.py``) and a small
@@ -86,11 +89,11 @@ def model_path(name: str, work: Path) -> Path:
     return make_dynamic_batch(light_model_path(name), work / f"{name}.onnx")
 
 
-def bare_p50(request: dict[str, Any], batch_size: int, runs: int) -> tuple[float, float]:
+def bare_p50(request: dict[str, Any], batch_size: int, runs: int) -> tuple[float, float, float]:
     """The bare loop (B in the module docstring) on the runner's own request.
 
     Returns:
-        (p50 in ms, duration of one run in ms as first measured after warmup).
+        (p50 in ms, min in ms, duration of the first timed run in ms).
     """
     import onnxruntime as ort
 
@@ -114,14 +117,13 @@ def bare_p50(request: dict[str, Any], batch_size: int, runs: int) -> tuple[float
     del session
     gc.collect()
     ms = np.asarray(latencies, dtype=np.float64) / 1e6
-    return float(np.percentile(ms, 50)), float(ms[0])
+    return float(np.percentile(ms, 50)), float(ms.min()), float(ms[0])
 
 
 def probe_run_ms(request: dict[str, Any], batch_size: int) -> float:
     """One run's duration in ms (after a first inference and one more run), to size the budget."""
     req = {**request, "warmup": 1}
-    _, first = bare_p50(req, batch_size, 2)
-    return first
+    return bare_p50(req, batch_size, 2)[2]
 
 
 def measure_case(name: str, path: Path, batch_size: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -143,19 +145,35 @@ def measure_case(name: str, path: Path, batch_size: int, args: argparse.Namespac
     request = build_request(path, spec, target, None)
     load_before = os.getloadavg()[0]
     rounds = []
+    last_runs = None
     for r in range(args.rounds):
+        bare_first = r % 2 == 1  # A B, B A, A B, ...: order effects and linear drift cancel
+        if bare_first:
+            bare = bare_p50(request, batch_size, last_runs)
         entry = benchmark_variant(path, spec, target, None, work / f"{name}-b{batch_size}-r{r}")[0]
         if entry["status"] != "ok":
             raise SystemExit(f"{name} batch {batch_size}: runner status {entry['status']}: {entry['error']}")
-        bare, _ = bare_p50(request, batch_size, entry["runs"])
-        rounds.append({"runner_p50_ms": entry["p50_ms"], "bare_p50_ms": bare, "runs": entry["runs"], "stop": entry["stop_reason"]})
+        if not bare_first:
+            bare = bare_p50(request, batch_size, entry["runs"])
+        last_runs = entry["runs"]
+        rounds.append(
+            {
+                "runner_p50_ms": entry["p50_ms"],
+                "bare_p50_ms": bare[0],
+                "runner_min_ms": entry["min_ms"],
+                "bare_min_ms": bare[1],
+                "runs": entry["runs"],
+                "stop": entry["stop_reason"],
+            }
+        )
         print(
-            f"  {name} b{batch_size} round {r}: runner {entry['p50_ms']:.4f} ms, bare {bare:.4f} ms, "
-            f"{100 * (entry['p50_ms'] - bare) / bare:+.2f}% ({entry['runs']} runs, {entry['stop_reason']})",
+            f"  {name} b{batch_size} round {r} ({'bare, runner' if bare_first else 'runner, bare'}): runner {entry['p50_ms']:.4f} ms, "
+            f"bare {bare[0]:.4f} ms, {100 * (entry['p50_ms'] - bare[0]) / bare[0]:+.2f}% ({entry['runs']} runs, {entry['stop_reason']})",
             file=sys.stderr,
             flush=True,
         )
     overheads = [100 * (x["runner_p50_ms"] - x["bare_p50_ms"]) / x["bare_p50_ms"] for x in rounds]
+    min_overheads = [100 * (x["runner_min_ms"] - x["bare_min_ms"]) / x["bare_min_ms"] for x in rounds]
     return {
         "model": name,
         "batch_size": batch_size,
@@ -163,6 +181,7 @@ def measure_case(name: str, path: Path, batch_size: int, args: argparse.Namespac
         "warmup": warmup,
         "rounds": rounds,
         "overheads_pct": overheads,
+        "min_overheads_pct": min_overheads,
         "runner_p50_ms": statistics.median(x["runner_p50_ms"] for x in rounds),
         "bare_p50_ms": statistics.median(x["bare_p50_ms"] for x in rounds),
         "runs": statistics.median(x["runs"] for x in rounds),
@@ -178,18 +197,20 @@ def report(cases: list[dict[str, Any]], args: argparse.Namespace, load: tuple[An
     lines = [
         f"Machine: {platform.machine()} {platform.processor() or ''} ({os.cpu_count()} cores), Python {platform.python_version()}, "
         f"onnxruntime {onnxruntime.__version__}; target `{args.target}` (both loops: same session options, spinning off).",
-        f"{args.rounds} rounds per case (runner, bare, runner, bare, ...). Load average (1/5/15 min) before "
+        f"{args.rounds} rounds per case (runner then bare, bare then runner, ...). Load average (1/5/15 min) before "
         f"{lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f}, after {la[0]:.2f}/{la[1]:.2f}/{la[2]:.2f}; wall time {wall_s:.0f} s.",
         "",
-        "| model | batch | runs per measurement | runner stop | runner p50 ms | bare p50 ms | overhead % (median) | overhead % (min .. max) | load 1-min |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | batch | runs per measurement | runner stop | runner p50 ms | bare p50 ms | overhead % (median) "
+        "| overhead % (min .. max) | overhead of min latency % (median) | load 1-min |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cases:
         o = c["overheads_pct"]
         lines.append(
             f"| {c['model'].removeprefix('light_')} | {c['batch_size']} | {c['runs']:g} | {'/'.join(c['stops'])} | "
             f"{c['runner_p50_ms']:.4f} | {c['bare_p50_ms']:.4f} | {statistics.median(o):+.2f} | "
-            f"{min(o):+.2f} .. {max(o):+.2f} | {c['load'][0]:.1f} -> {c['load'][1]:.1f} |"
+            f"{min(o):+.2f} .. {max(o):+.2f} | {statistics.median(c['min_overheads_pct']):+.2f} | "
+            f"{c['load'][0]:.1f} -> {c['load'][1]:.1f} |"
         )
     worst = max(abs(statistics.median(c["overheads_pct"])) for c in cases)
     lines += ["", f"Largest |median overhead|: {worst:.2f}% (goal: <= 2%)."]
@@ -208,6 +229,9 @@ def main() -> None:
     if args.target not in ("cpu", "cpu-1t"):
         parser.error("--target must run in this process's onnxruntime: cpu or cpu-1t")
     prefect_env()
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)  # the light models' unused-initializer warnings, once per session
     wanted = set(args.models.split(","))
     started, load_before = time.perf_counter(), os.getloadavg()
     results = []

@@ -31,6 +31,7 @@ from tasks.export import export_task
 from tasks.preflight import preflight_task
 from tasks.quantize import quantize_task
 from tasks.register import check_tracking_uri_task, register_task, resolve_tracking_uri
+from tasks.report import report_task
 from tasks.validate import validate_task
 
 __all__ = ["pipeline", "select_primary_benchmark"]
@@ -275,6 +276,9 @@ def pipeline(spec_path: str, output_dir: str | None = None, tracking_uri: str | 
     lap("register", start)
     for record in variants:
         record["model_version"] = registration["versions"].get(record["name"])
+    start = time.perf_counter()
+    plots = report_task(spec, variants, str(out), uri, registration["mlflow_run_id"])
+    lap("report", start)
 
     timings["total"] = round(time.perf_counter() - t0, 3)
     summary = {
@@ -288,6 +292,7 @@ def pipeline(spec_path: str, output_dir: str | None = None, tracking_uri: str | 
         "prefect_flow_run": info,
         "variants": variants,
         "challenger": registration["challenger"],
+        "plots": plots,
         "timings_s": timings,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

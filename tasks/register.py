@@ -137,7 +137,7 @@ _TRANSIENT_PATTERNS = re.compile(
 )
 
 
-def _is_transient(exc: BaseException) -> bool:
+def is_transient(exc: BaseException) -> bool:
     """True for errors worth retrying: the store did not answer, timed out, or was busy."""
     import requests
 
@@ -180,7 +180,7 @@ def check_tracking_uri(uri: str, attempts: int = 3, backoff_s: float = 1.0, time
             return
         except Exception as exc:  # noqa: BLE001 - classified below
             last = exc
-            if not _is_transient(exc) and _is_bad_uri(exc):
+            if not is_transient(exc) and _is_bad_uri(exc):
                 raise RegistryError(f"MLflow tracking URI {_redact(uri)!r} is not usable: {exc}") from exc
             logger.warning("MLflow at %s did not answer (attempt %d/%d): %s", uri, attempt, attempts, _first_line(exc))
             if attempt < attempts:
@@ -584,7 +584,7 @@ def register_pipeline(
     except Exception as exc:
         _rollback(client, model_name, created, model_existed, spec.registry.alias, alias_before, alias_set)
         undone = f"; deleted the {len(created)} version(s) it had created ({', '.join(created)})" if created else ""
-        if _is_transient(exc):
+        if is_transient(exc):
             raise RegistryUnavailable(
                 f"MLflow at {_redact(tracking_uri)} became unreachable while registering {model_name!r}{undone}: {_first_line(exc)}"
             ) from exc
@@ -776,7 +776,7 @@ def retry_if_transient(task_: Any, task_run: Any, state: Any) -> bool:
     except BaseException as exc:  # noqa: BLE001 - the failed state's exception
         if isinstance(exc, EdgeportError) and not isinstance(exc, RegistryUnavailable):
             return False
-        return _is_transient(exc)
+        return is_transient(exc)
     return False
 
 

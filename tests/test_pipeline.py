@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +138,26 @@ def test_registry_holds_versions_aliases_tags_and_reports(e2e):
         assert any(k.startswith("p50_ms.cpu.b1") for k in run.data.metrics)
 
 
+def test_plots_are_drawn_and_logged(e2e):
+    summary = e2e["first"]
+    names = sorted(Path(p).name for p in summary["plots"])
+    targets = [t["name"] for t in e2e["spec"]["targets"]]
+    assert names == sorted(["latency_vs_accuracy.png", *(f"latency_{t}.png" for t in targets)])
+    assert all(Path(p).stat().st_size > 10_000 for p in summary["plots"])
+    logged = {a.path for a in MlflowClient(e2e["uri"]).list_artifacts(summary["mlflow_run_id"], "plots")}
+    assert logged == {f"plots/{n}" for n in names}
+
+
+def test_benchmarks_interleave_rounds_and_pool_them(e2e):
+    for v in e2e["first"]["variants"]:
+        for b in v["benchmarks"]:
+            if b["status"] != "ok":
+                continue
+            assert b["rounds"] == 2 and len(b["round_p50_ms"]) == 2
+            assert b["drift_pct"] >= 0
+            assert min(b["round_p50_ms"]) * 0.5 <= b["p50_ms"] <= max(b["round_p50_ms"]) * 2
+
+
 def test_rerun_reuses_the_cached_export(e2e):
     first, second = e2e["first"], e2e["second"]
     assert first["variants"][0]["lineage"]["cached"] is False
@@ -191,3 +215,42 @@ def test_cli_exits_2_when_no_variant_passes(cli_env, digits_artifacts, tmp_path)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["challenger"] is None
     assert MlflowClient(uri).search_model_versions("name = 'digits-cnn'") == []
+
+
+def _kill_first_runner(marker: str, killed: list[int], timeout_s: float = 300.0) -> None:
+    """SIGKILL the first benchmark runner process whose command line mentions ``marker``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(part.endswith(b"runner.py") for part in cmdline) and marker.encode() in b" ".join(cmdline):
+                time.sleep(0.5)  # let it get into its measurements
+                os.kill(int(pid), signal.SIGKILL)
+                killed.append(int(pid))
+                return
+        time.sleep(0.02)
+
+
+def test_killed_runner_is_recorded_failed_and_the_pipeline_completes(prefect_harness, digits_artifacts, tmp_path):
+    from flows.pipeline import pipeline
+
+    data = digits_spec_dict(digits_artifacts, quantization=[], targets=[{"name": "cpu"}, {"name": "cpu-1t"}])
+    data["benchmark"].update(time_budget_s=3.0, repetitions=100000, rounds=1)
+    data["registry"]["tracking_uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "out"
+    killed: list[int] = []
+    watcher = threading.Thread(target=_kill_first_runner, args=(str(out), killed), daemon=True)
+    watcher.start()
+    summary = pipeline(str(write_spec(tmp_path / "spec", data)), output_dir=str(out))
+    watcher.join(timeout=1)
+    assert killed, "no runner process was seen"
+    by_target = {}
+    for b in summary["variants"][0]["benchmarks"]:
+        by_target.setdefault(b["target"], []).append(b)
+    # The killed runner's batch sizes are failed, with the reason; the other target finished.
+    assert any(b["status"] == "failed" and "SIGKILL" in b["error"] for b in by_target["cpu"])
+    assert all(b["status"] == "ok" for b in by_target["cpu-1t"])
+    assert (out / "summary.json").is_file()

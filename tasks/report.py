@@ -1,0 +1,178 @@
+"""Step 7, report: plots of the benchmark results, logged to the pipeline's MLflow run.
+
+* ``latency_vs_accuracy.png``: one point per variant x target (p50 at the primary batch
+  size vs the quality metric), the pareto front (no other point is both faster and
+  at least as accurate) marked;
+* ``latency_<target>.png``: the distribution of every variant's raw timed latencies on
+  that target at each batch size (box plots: median, quartiles, 1.5 IQR whiskers).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from edgeport.errors import RegistryError, RegistryUnavailable
+from edgeport.spec import PipelineSpec
+from tasks.benchmark import load_latencies
+from tasks.register import is_transient, retry_if_transient
+
+logger = logging.getLogger("edgeport.report")
+
+__all__ = ["log_plots", "make_plots", "pareto_front"]
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the pareto-optimal points for (latency: lower is better, quality: higher is better).
+
+    A point is dominated when another has latency <= and quality >=, one of them strictly.
+
+    Args:
+        points: ``[(latency_ms, quality), ...]``.
+
+    Returns:
+        Indices of the non-dominated points, sorted by latency.
+    """
+    front = []
+    for i, (lat, q) in enumerate(points):
+        dominated = any(
+            (lo <= lat and qo >= q) and (lo < lat or qo > q) for j, (lo, qo) in enumerate(points) if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _latency_vs_accuracy(spec: PipelineSpec, variants: list[dict[str, Any]], path: Path) -> Path | None:
+    batch = spec.benchmark.primary
+    points, labels, targets = [], [], []
+    for v in variants:
+        if not v.get("evaluation"):
+            continue
+        for b in v["benchmarks"]:
+            if b["batch_size"] == batch and b["status"] == "ok":
+                points.append((b["p50_ms"], v["evaluation"]["value"]))
+                labels.append(v["name"])
+                targets.append(b["target"])
+    if not points:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    markers = "osD^v<>P*X"
+    for k, target in enumerate(dict.fromkeys(targets)):
+        idx = [i for i, t in enumerate(targets) if t == target]
+        ax.scatter([points[i][0] for i in idx], [points[i][1] for i in idx], marker=markers[k % len(markers)], s=50, label=target)
+    for (x, y), name in zip(points, labels):
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    front = pareto_front(points)
+    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=1, label="pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"p50 latency at batch {batch} (ms, log scale)")
+    metric = next(v["evaluation"]["metric"] for v in variants if v.get("evaluation"))
+    ax.set_ylabel(metric)
+    ax.set_title(f"{spec.name}: latency vs {metric} (variant x target)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _latency_distribution(spec: PipelineSpec, variants: list[dict[str, Any]], target: str, path: Path) -> Path | None:
+    batches = list(spec.benchmark.batch_sizes)
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(batches), figsize=(4 * len(batches), 4), squeeze=False)
+    drawn = False
+    for ax, batch in zip(axes[0], batches):
+        data, names = [], []
+        for v in variants:
+            entry = next((b for b in v["benchmarks"] if b["target"] == target and b["batch_size"] == batch), None)
+            if entry is None or entry["status"] not in ("ok", "fallback"):
+                continue
+            paths = entry.get("latencies_paths") or [entry.get("latencies_path")]
+            arrays = [a for p in paths if p and (a := load_latencies({"latencies_path": p, "batch_size": batch})) is not None]
+            if arrays:
+                import numpy as np
+
+                data.append(np.concatenate(arrays))
+                names.append(v["name"] + (" (fallback)" if entry["status"] == "fallback" else ""))
+        if data:
+            drawn = True
+            ax.boxplot(data, showfliers=False)
+            ax.set_xticks(range(1, len(names) + 1), names, rotation=20, fontsize=8)
+        ax.set_title(f"batch {batch}")
+        ax.set_ylabel("latency (ms)")
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"{spec.name} on {target}: timed latencies (box: quartiles, whiskers: 1.5 IQR)")
+    fig.tight_layout()
+    if drawn:
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path if drawn else None
+
+
+def make_plots(spec: PipelineSpec, variants: list[dict[str, Any]], output_dir: str | Path) -> list[str]:
+    """Draw the report plots (PNG) into ``output_dir/plots``.
+
+    Args:
+        variants: the summary's variant records (with ``evaluation`` and ``benchmarks``).
+
+    Returns:
+        Paths of the PNG files written (a plot without data is skipped).
+    """
+    folder = Path(output_dir) / "plots"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [_latency_vs_accuracy(spec, variants, folder / "latency_vs_accuracy.png")]
+    for target in spec.targets:
+        written.append(_latency_distribution(spec, variants, target.name, folder / f"latency_{target.name}.png"))
+    return [str(p) for p in written if p is not None]
+
+
+def log_plots(tracking_uri: str, run_id: str, paths: list[str]) -> None:
+    """Log the plots to the MLflow run ``run_id`` under ``plots/``.
+
+    Raises:
+        RegistryUnavailable: MLflow unreachable (transient: the task retries).
+        RegistryError: MLflow refused the upload.
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    try:
+        for path in paths:
+            client.log_artifact(run_id, path, artifact_path="plots")
+    except Exception as exc:
+        error = RegistryUnavailable if is_transient(exc) else RegistryError
+        raise error(f"logging plots to MLflow run {run_id} at {tracking_uri} failed: {exc}") from exc
+
+
+def report(spec: PipelineSpec, variants: list[dict[str, Any]], output_dir: str | Path, tracking_uri: str, run_id: str) -> list[str]:
+    """Draw the plots and log them to the pipeline's MLflow run; returns the PNG paths."""
+    paths = make_plots(spec, variants, output_dir)
+    log_plots(tracking_uri, run_id, paths)
+    logger.info("report: %d plots logged to run %s", len(paths), run_id)
+    return paths
+
+
+# --- Prefect wrapper -------------------------------------------------------------------------
+from prefect import task  # noqa: E402
+from prefect.tasks import exponential_backoff  # noqa: E402
+
+report_task = task(
+    report,
+    name="report",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_condition_fn=retry_if_transient,
+)
