@@ -75,7 +75,9 @@ def _latency_vs_accuracy(spec: PipelineSpec, variants: list[dict[str, Any]], pat
     for (x, y), name in zip(points, labels):
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     front = pareto_front(points)
-    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=1, label="pareto front")
+    fx, fy = [points[i][0] for i in front], [points[i][1] for i in front]
+    ax.scatter(fx, fy, s=220, facecolors="none", edgecolors="k", linewidths=1.2, label="pareto front")
+    ax.plot(fx, fy, "k--", lw=1)
     ax.set_xscale("log")
     ax.set_xlabel(f"p50 latency at batch {batch} (ms, log scale)")
     metric = next(v["evaluation"]["metric"] for v in variants if v.get("evaluation"))
