@@ -23,7 +23,10 @@ SPEC = REPO / "examples" / "digits" / "pipeline.yaml"
 
 
 def run_pipeline(home: Path, out: Path) -> tuple[dict, float]:
-    env = {**os.environ, "EDGEPORT_HOME": str(home)}
+    # A fresh EDGEPORT_HOME (cold export cache) but the machine's managed target environments.
+    from edgeport.home import managed_envs_dir
+
+    env = {**os.environ, "EDGEPORT_HOME": str(home), "EDGEPORT_ENVS": os.environ.get("EDGEPORT_ENVS", str(managed_envs_dir()))}
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "edgeport.cli", "run", str(SPEC), "--output", str(out)],
@@ -43,17 +46,21 @@ def report(cold: dict, cold_wall: float, warm: dict, warm_wall: float) -> str:
     lines = [
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; onnxruntime {onnxruntime.__version__}.",
         "",
-        "| variant | size KB | top-1 | drop pp | batch | p50 ms | p90 ms | p99 ms | samples/s | CI ±% | runs | registered |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | size KB | top-1 | drop pp | target | batch | status | p50 ms | p90 ms | p99 ms | samples/s | CI ±% | drift % | runs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def f(x: float | None, fmt: str) -> str:
+        return "-" if x is None else format(x, fmt)
+
     for v in cold["variants"]:
         ev = v["evaluation"] or {}
         for b in v["benchmarks"]:
             lines.append(
-                f"| {v['name']} | {v['size_bytes'] / 1024:.1f} | {ev.get('value', float('nan')):.4f} | "
-                f"{100 * ev.get('drop', float('nan')):.2f} | {b['batch_size']} | {b['p50_ms']:.4f} | {b['p90_ms']:.4f} | "
-                f"{b['p99_ms']:.4f} | {b['throughput']:.0f} | {b.get('ci_halfwidth_pct') or float('nan'):.2f} | "
-                f"{b.get('runs')} | {v['model_version'] or '-'} |"
+                f"| {v['name']} | {v['size_bytes'] / 1024:.1f} | {f(ev.get('value'), '.4f')} | "
+                f"{f(100 * ev['drop'] if ev else None, '.2f')} | {b['target']} | {b['batch_size']} | {b['status']} | "
+                f"{f(b['p50_ms'], '.4f')} | {f(b['p90_ms'], '.4f')} | {f(b['p99_ms'], '.4f')} | {f(b['throughput'], '.0f')} | "
+                f"{f(b.get('ci_halfwidth_pct'), '.2f')} | {f(b.get('drift_pct'), '.1f')} | {b.get('runs') or '-'} |"
             )
     ch = cold["challenger"]
     lines += ["", f"Challenger: {ch['variant']} (version {ch['version']})." if ch else "Challenger: none.", ""]
