@@ -227,8 +227,10 @@ def _kill_first_runner(marker: str, killed: list[int], timeout_s: float = 300.0)
             except OSError:
                 continue
             if any(part.endswith(b"runner.py") for part in cmdline) and marker.encode() in b" ".join(cmdline):
-                time.sleep(0.5)  # let it get into its measurements
-                os.kill(int(pid), signal.SIGKILL)
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:  # it finished first: wait for the next one
+                    continue
                 killed.append(int(pid))
                 return
         time.sleep(0.02)
@@ -251,6 +253,8 @@ def test_killed_runner_is_recorded_failed_and_the_pipeline_completes(prefect_har
     for b in summary["variants"][0]["benchmarks"]:
         by_target.setdefault(b["target"], []).append(b)
     # The killed runner's batch sizes are failed, with the reason; the other target finished.
-    assert any(b["status"] == "failed" and "SIGKILL" in b["error"] for b in by_target["cpu"])
-    assert all(b["status"] == "ok" for b in by_target["cpu-1t"])
+    killed_target = next(t for t, entries in by_target.items() if any(b["status"] == "failed" for b in entries))
+    assert any("SIGKILL" in b["error"] for b in by_target[killed_target] if b["status"] == "failed")
+    other = ({"cpu", "cpu-1t"} - {killed_target}).pop()
+    assert all(b["status"] == "ok" for b in by_target[other])
     assert (out / "summary.json").is_file()
