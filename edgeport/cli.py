@@ -85,13 +85,15 @@ def _fail(exc: BaseException, debug: bool) -> None:
 def print_summary(summary: dict) -> None:
     """Render the variants of a summary as a rich table."""
     table = Table(title=f"edgeport: {summary.get('name', '')}")
-    for col in ("variant", "kind", "size KB", "valid", "top-1", "drop pp", "target", "batch", "p50 ms", "p99 ms", "samples/s", "passed", "version"):
-        table.add_column(col, justify="right" if col not in ("variant", "kind", "target") else "left")
+    cols = ("variant", "kind", "size KB", "valid", "top-1", "drop pp", "target", "batch", "status", "p50 ms", "p99 ms", "samples/s", "passed", "version")
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("variant", "kind", "target", "status") else "right")
     for v in summary["variants"]:
         ev = v.get("evaluation") or {}
-        rows = [b for b in v["benchmarks"] if b.get("status") == "ok"] or [None]
+        rows = v["benchmarks"] or [None]
         for i, bench in enumerate(rows):
             first = i == 0
+            measured = bench is not None and bench.get("p50_ms") is not None
             table.add_row(
                 v["name"] if first else "",
                 v["kind"] if first else "",
@@ -101,9 +103,10 @@ def print_summary(summary: dict) -> None:
                 (f"{100 * ev['drop']:.2f}" if ev else "-") if first else "",
                 bench["target"] if bench else "-",
                 str(bench["batch_size"]) if bench else "-",
-                f"{bench['p50_ms']:.3f}" if bench else "-",
-                f"{bench['p99_ms']:.3f}" if bench else "-",
-                f"{bench['throughput']:.0f}" if bench else "-",
+                bench["status"] if bench else "-",
+                f"{bench['p50_ms']:.3f}" if measured else "-",
+                f"{bench['p99_ms']:.3f}" if measured else "-",
+                f"{bench['throughput']:.0f}" if measured else "-",
                 ("yes" if v["passed"] else "no") if first else "",
                 str(v.get("model_version") or "-") if first else "",
             )
