@@ -31,7 +31,7 @@ from edgeport.cli_targets import targets_app  # noqa: E402
 
 app.add_typer(targets_app, name="targets", help="Hardware targets: list the profiles, set up managed environments.")
 
-console = Console(width=None if Console().is_terminal else 140)
+console = Console(width=None if Console().is_terminal else 180)
 err_console = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 140)
 
 EXIT_OK, EXIT_ERROR, EXIT_NO_CHALLENGER = 0, 1, 2
