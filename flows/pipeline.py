@@ -189,8 +189,11 @@ def pipeline(spec_path: str, output_dir: str | None = None, tracking_uri: str | 
     start = time.perf_counter()
     export_state = export_task(spec, return_state=True)
     export = export_state.result()
-    if export_state.name == "Cached" and not export.cached:
-        export = dataclasses.replace(export, cached=True, export_s=0.0)
+    if export_state.name == "Cached":
+        if Path(export.onnx_path).is_file():
+            export = dataclasses.replace(export, cached=True, export_s=0.0)
+        else:  # the cache folder was cleaned since: export again
+            export = export_task.with_options(refresh_cache=True)(spec)
     lap("export", start)
     logger.info("export: %s (%s)", export.onnx_path, "cached" if export.cached else f"{export.export_s:.1f} s")
 

@@ -300,20 +300,20 @@ from prefect import task  # noqa: E402
 
 
 def _export_task_cache_key(context: object, parameters: dict) -> str | None:
-    """Prefect cache key: the export's content address plus its cache root; None (no cache
-    lookup) while the cached file does not exist, so a deleted cache never yields a stale path."""
+    """Prefect cache key: the export's content address plus its cache root (None, i.e. no
+    caching, when the checkpoint is missing: the task then fails with its own error)."""
     spec: PipelineSpec = parameters["spec"]
     root = Path(parameters.get("cache_dir") or export_cache_dir()).resolve()
     try:
         key = export_cache_key(spec, _checkpoint_sha256(spec))
     except CheckpointError:
         return None
-    if not (root / key / "model.onnx").is_file():
-        return None
     return "edgeport-export-" + spec_digest({"key": key, "root": str(root)})
 
 
 #: Deterministic: no retries. Cached (persisted result) on checkpoint sha256 + export settings.
+#: A cached result whose file was deleted meanwhile is refreshed by the flow
+#: (``export_task.with_options(refresh_cache=True)``).
 export_task = task(
     export_model,
     name="export",
