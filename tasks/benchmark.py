@@ -423,10 +423,8 @@ def _salvage(request: dict[str, Any], partial_path: Path, problem: str, stderr: 
     }
 
 
-#: Prefect task. Benchmarks must not overlap on one host (they would share cores and
-#: skew each other's latencies): the tag ``edgeport-benchmark`` is expected to carry a
-#: tag concurrency limit of 1 (``prefect concurrency-limit create edgeport-benchmark 1``),
-#: and flows call this task sequentially anyway. Results are measurements, never cached.
+#: Prefect task for one (variant, target). Results are measurements, never cached. The flow
+#: uses :data:`benchmark_target_task`, which also holds the host's benchmark slot.
 benchmark_task = task(
     benchmark_variant,
     name="benchmark",

@@ -788,7 +788,10 @@ def check_tracking_uri_task(uri: str, attempts: int = 3, backoff_s: float = 1.0)
     return uri
 
 
-@task(
+#: Prefect task around :func:`register_pipeline`: 3 retries, 2/4/8 s backoff (+ jitter), on
+#: transient errors only (:func:`retry_if_transient`); never cached.
+register_task = task(
+    register_pipeline,
     name="register",
     cache_policy=NO_CACHE,
     retries=3,
@@ -796,13 +799,3 @@ def check_tracking_uri_task(uri: str, attempts: int = 3, backoff_s: float = 1.0)
     retry_jitter_factor=0.5,
     retry_condition_fn=retry_if_transient,
 )
-def register_task(
-    spec: PipelineSpec,
-    spec_path: str | Path,
-    variants: list[dict],
-    tracking_uri: str,
-    output_dir: str | Path,
-    flow_run: dict | None = None,
-) -> dict:
-    """Prefect task around :func:`register_pipeline` (3 retries, 2/4/8 s backoff, transient errors only)."""
-    return register_pipeline(spec, spec_path, variants, tracking_uri, output_dir, flow_run=flow_run)
