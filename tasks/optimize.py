@@ -12,6 +12,15 @@ a missing fusion into an error.
 
 The optimized graph keeps the FP32 model's inputs and outputs; its contrib operators
 run on ONNX Runtime's CPU and CUDA providers only.
+
+Measured on all-MiniLM-L6-v2 (2 cores, sequence 128): the fused FP32 graph runs no
+faster than the plain export (ONNX Runtime's session optimizations get close), but it
+is the better parent for quantization: dynamic INT8 of the fused graph quantizes
+``Attention`` and ``EmbedLayerNormalization`` too (``QAttention``,
+``QEmbedLayerNormalization``) and ran 4-8 % faster than from the plain export, and
+``quant_pre_process`` needs ``auto_merge=True`` on the plain export only.
+Give ``num_heads``/``hidden_size`` for transformers 5 models: their reshapes use -1
+heads, from which the optimizer cannot detect them (then no ``Attention`` fuses).
 """
 
 from __future__ import annotations
@@ -33,7 +42,8 @@ __all__ = ["DEFAULT_OPT_LEVEL", "OptimizationError", "OptimizeResult", "optimize
 
 #: ONNX Runtime graph optimization level run before the Python fusions (``optimize_model``'s
 #: default for BERT). 1 ("basic": constant folding, redundant node removal) keeps the graph
-#: portable; levels 2 and 99 add CPU-specific layout ops and measured no faster here.
+#: portable; 99 may write hardware-specific ops (ONNX Runtime warns so). Levels 0-99 gave
+#: the same fusions on MiniLM.
 DEFAULT_OPT_LEVEL = 1
 
 
