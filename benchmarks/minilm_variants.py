@@ -144,16 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         parent = parents[vspec.name]
         out_dir = work / f"variants-from-{parent}"
-        pre = out_dir / "fp32-preprocessed.onnx"
-        if not pre.is_file():
-            # quant_pre_process's symbolic shape inference gives up on the unfused legacy graph
-            # ("Incomplete symbolic shape inference") unless auto_merge=True; tasks.quantize.preprocess
-            # does not set it (yet), so pre-process here; quantize_variant reuses an existing file.
-            from onnxruntime.quantization import quant_pre_process
-
-            out_dir.mkdir(parents=True, exist_ok=True)
-            quant_pre_process(paths[parent], str(pre), skip_optimization=False, auto_merge=True)
-        q = quantize_variant(spec, vspec, paths[parent], out_dir)
+        q = quantize_variant(spec, vspec, paths[parent], out_dir, parent=parent)
         variants.append({"name": q.name, "path": q.onnx_path, "parent": parent, "settings": q.settings,
                          "op_counts": q.op_counts, "quantize_s": q.quantize_s})
         print(f"{q.name}: {q.op_counts} in {q.quantize_s} s", file=sys.stderr, flush=True)

@@ -83,11 +83,19 @@ def _fail(exc: BaseException, debug: bool) -> None:
 
 
 def print_summary(summary: dict) -> None:
-    """Render the variants of a summary as a rich table."""
+    """Render the variants of a summary as a rich table; the metric columns are named after
+    the evaluation metric (``top-1`` / ``drop pp``, ``cosine`` / ``cosine drop``)."""
     table = Table(title=f"edgeport: {summary.get('name', '')}")
-    cols = ("variant", "kind", "size KB", "valid", "top-1", "drop pp", "target", "batch", "status", "p50 ms", "p99 ms", "samples/s", "passed", "version")
+    metric = next((v["evaluation"]["metric"] for v in summary["variants"] if v.get("evaluation")), "top1")
+    top1 = metric == "top1"
+    value_col, drop_col = ("top-1", "drop pp") if top1 else (metric, f"{metric} drop")
+    cols = ("variant", "kind", "size KB", "valid", value_col, drop_col, "target", "batch", "status", "p50 ms", "p99 ms", "samples/s", "passed", "version")
     for col in cols:
         table.add_column(col, justify="left" if col in ("variant", "kind", "target", "status") else "right")
+
+    def number(x: float | None, fmt: str) -> str:
+        return "-" if x is None or x != x else format(x, fmt)  # x != x: NaN
+
     for v in summary["variants"]:
         ev = v.get("evaluation") or {}
         rows = v["benchmarks"] or [None]
@@ -99,8 +107,10 @@ def print_summary(summary: dict) -> None:
                 v["kind"] if first else "",
                 f"{v['size_bytes'] / 1024:.1f}" if first else "",
                 ("yes" if (v.get("validation") or {}).get("passed") else "NO") if first else "",
-                (f"{ev['value']:.4f}" if ev else "-") if first else "",
-                (f"{100 * ev['drop']:.2f}" if ev else "-") if first else "",
+                (number(ev.get("value"), ".4f") if ev else "-") if first else "",
+                (
+                    (number(100 * ev["drop"], ".2f") if top1 else number(ev["drop"], ".4f")) if ev and ev.get("drop") is not None else "-"
+                ) if first else "",
                 bench["target"] if bench else "-",
                 str(bench["batch_size"]) if bench else "-",
                 bench["status"] if bench else "-",

@@ -22,6 +22,7 @@ __all__ = [
     "iter_batches",
     "load_input_arrays",
     "load_labels",
+    "load_reference_embeddings",
     "num_samples_of",
     "random_inputs",
     "reference_samples",
@@ -101,6 +102,28 @@ def load_labels(path: str | Path, key: str, field: str, num_samples: int | None 
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{field}: {path}[{key!r}] must be 1-D integers, got shape {labels.shape} dtype {labels.dtype}")
     return labels[:num_samples].astype(np.int64) if num_samples else labels.astype(np.int64)
+
+
+def load_reference_embeddings(path: str | Path, key: str, field: str, num_samples: int | None = None) -> np.ndarray:
+    """Load reference embeddings, ndarray of shape ``(n_samples, dim)``, as float32.
+
+    Raises:
+        DataError: file missing/unreadable, ``key`` absent (the message lists the arrays
+            present), not 2-D, empty, or not floating point.
+    """
+    path = Path(path)
+    with _open_npz(path, field) as npz:
+        if key not in npz.files:
+            raise DataError(
+                f"{field}: {path} has no {key!r} array (arrays present: {list(npz.files)}); "
+                "metric cosine needs reference embeddings (evaluation.reference_key)"
+            )
+        ref = npz[key]
+    if ref.ndim != 2 or ref.shape[0] == 0 or ref.shape[1] == 0 or not np.issubdtype(ref.dtype, np.floating):
+        raise DataError(
+            f"{field}: {path}[{key!r}] must be float embeddings of shape (n_samples, dim), got shape {ref.shape} dtype {ref.dtype}"
+        )
+    return (ref[:num_samples] if num_samples else ref).astype(np.float32)
 
 
 def num_samples_of(arrays: dict[str, np.ndarray]) -> int:

@@ -13,6 +13,7 @@ working for callers that do not know edgeport.
     ├── DataError (ValueError)             calibration / evaluation / sample data missing or of the wrong shape
     ├── ExportError                        torch -> ONNX export or ``onnx.checker`` failed
     ├── ValidationFailed                   ONNX Runtime disagrees with PyTorch beyond tolerance, or NaN/Inf
+    ├── OptimizationError                  the transformer optimizer failed, or a required fusion did not apply
     ├── QuantizationError                  a quantized variant could not be built or lacks the ops it claims
     ├── RuntimeLoadError                   ONNX Runtime cannot load a model (opset, op type)
     ├── BenchmarkError                     the benchmark runner crashed, hung or returned garbage
@@ -60,6 +61,11 @@ class ValidationFailed(EdgeportError):
     def __init__(self, message: str, report: dict | None = None) -> None:
         super().__init__(message)
         self.report = report or {}
+
+
+class OptimizationError(EdgeportError):
+    """ONNX Runtime's transformer optimizer failed, or a fusion the spec requires
+    (``optimization.require``) applied fewer times than asked."""
 
 
 class QuantizationError(EdgeportError):

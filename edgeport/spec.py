@@ -47,6 +47,7 @@ __all__ = [
     "ExportSpec",
     "InputSpec",
     "ModelSpec",
+    "OptimizationSpec",
     "PipelineSpec",
     "QuantizationVariantSpec",
     "RegistrySpec",
@@ -159,21 +160,80 @@ class ValidationSpec(_Strict):
 
 
 class CalibrationSpec(_Strict):
-    """Calibration data for static quantization: an ``.npz`` with one array per input name."""
+    """Calibration data for static quantization: an ``.npz`` with one array per input name.
+
+    Calibration runs through :func:`edgeport.calibration.write_calibration_cache`:
+    ``chunk_size`` samples per session run, so peak memory is set by the chunk, not by
+    ``num_samples`` (ONNX Runtime's histogram calibrators otherwise keep every activation
+    of every sample).
+    """
 
     dataset: Path
     num_samples: int = Field(default=256, ge=1, description="Samples drawn (first N) from the dataset.")
     method: Literal["MinMax", "Entropy", "Percentile"] = "MinMax"
-    batch_size: int = Field(default=32, ge=1, description="Samples per CalibrationDataReader batch.")
+    batch_size: int = Field(default=32, ge=1, description="Samples per batch (the chunk size when chunk_size is unset).")
+    chunk_size: int | None = Field(
+        default=None, ge=1, description="Samples per calibration session run (bounds peak memory); default: batch_size."
+    )
+    num_bins: int | None = Field(
+        default=None, ge=1, description="Histogram bins (Entropy, Percentile); default: ONNX Runtime's (128 Entropy, 2048 Percentile)."
+    )
+    num_quantized_bins: int | None = Field(
+        default=None, ge=1, description="Entropy only: quantized bins of the KL search (ONNX Runtime's default 128)."
+    )
+    percentile: float | None = Field(
+        default=None, gt=0, le=100, description="Percentile only: the percentile kept (ONNX Runtime's default 99.999)."
+    )
 
     _resolve = field_validator("dataset", mode="after")(_resolve_path)
 
+    @property
+    def effective_chunk_size(self) -> int:
+        """Samples per calibration session run: ``chunk_size``, else ``batch_size``."""
+        return self.chunk_size or self.batch_size
+
+    @property
+    def extra_options(self) -> dict[str, Any]:
+        """``quantize_static``-style ``extra_options`` for the histogram settings that are set."""
+        opts: dict[str, Any] = {}
+        if self.num_bins is not None:
+            opts["CalibNumBins"] = self.num_bins
+        if self.num_quantized_bins is not None:
+            opts["CalibNumQuantizedBins"] = self.num_quantized_bins
+        if self.percentile is not None:
+            opts["CalibPercentile"] = self.percentile
+        return opts
+
+
+class OptimizationSpec(_Strict):
+    """ONNX Runtime's transformer optimizer (:mod:`tasks.optimize`), run on the validated FP32
+    export; the fused model (variant ``fp32-optimized``) is the parent of every quantized variant.
+    """
+
+    model_type: Literal["bert"] = Field(default="bert", description="Optimizer model type (BERT-style encoders).")
+    num_heads: int = Field(default=0, ge=0, description="Attention heads; 0 = detect from the graph (fails on transformers 5 graphs).")
+    hidden_size: int = Field(default=0, ge=0, description="Hidden size; 0 = detect from the graph.")
+    opt_level: Literal[0, 1, 2, 99] = Field(default=1, description="ONNX Runtime optimization level run before the fusions.")
+    require: dict[str, int] = Field(
+        default_factory=dict,
+        description="Minimum count of each fused op type, e.g. {Attention: 6}; a fusion that applies fewer times fails the run.",
+    )
+
+    @field_validator("require")
+    @classmethod
+    def _positive_counts(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = {k: v for k, v in value.items() if v < 1}
+        if bad:
+            raise ValueError(f"required fusion counts must be >= 1, got {bad}")
+        return value
+
 
 class QuantizationVariantSpec(_Strict):
-    """One quantized variant, built with onnxruntime.quantization (quantize_static / quantize_dynamic)."""
+    """One quantized variant: INT8 with onnxruntime.quantization (``quantize_static`` /
+    ``quantize_dynamic``), or INT4 weight-only (``MatMulNBits``, :mod:`tasks.quantize_int4`)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Variant name, e.g. int8-static.")
-    mode: Literal["static", "dynamic"] = "static"
+    mode: Literal["static", "dynamic", "weight_only_int4"] = "static"
     format: Literal["QDQ", "QOperator"] = "QDQ"
     per_channel: bool = False
     activation_type: Literal["QInt8", "QUInt8"] = "QUInt8"
@@ -184,28 +244,74 @@ class QuantizationVariantSpec(_Strict):
         default=None, description="Overrides calibration.method for this variant."
     )
     reduce_range: bool = False
+    block_size: int = Field(
+        default=32, ge=16, description="weight_only_int4: weights per quantization block (a power of 2, >= 16)."
+    )
+    accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
+        default=4, description="weight_only_int4: MatMulNBits compute precision (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8)."
+    )
+    is_symmetric: bool = Field(default=True, description="weight_only_int4: symmetric blocks (no zero points).")
+
+    @field_validator("block_size")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError(f"block_size must be a power of 2 (>= 16), got {value}")
+        return value
 
     @model_validator(mode="after")
-    def _dynamic_has_no_format(self) -> QuantizationVariantSpec:
+    def _fields_fit_the_mode(self) -> QuantizationVariantSpec:
         if self.mode == "dynamic" and self.calibration_method is not None:
             raise ValueError("calibration_method applies to static variants only")
+        if self.mode == "weight_only_int4":
+            bad = [f for f in _INT8_ONLY_FIELDS if f in self.model_fields_set]
+            if bad:
+                raise ValueError(
+                    f"variant {self.name!r}: {', '.join(bad)}: INT8-only setting(s) (modes static, dynamic), not "
+                    "applicable to mode weight_only_int4 (its settings: block_size, accuracy_level, is_symmetric, nodes_to_exclude)"
+                )
+        else:
+            bad = [f for f in _INT4_ONLY_FIELDS if f in self.model_fields_set]
+            if bad:
+                raise ValueError(f"variant {self.name!r}: {', '.join(bad)}: INT4-only setting(s) (mode weight_only_int4), not applicable to mode {self.mode}")
         return self
 
     @property
     def kind(self) -> str:
-        """Summary kind: ``static_int8`` or ``dynamic_int8``."""
+        """Summary kind: ``static_int8``, ``dynamic_int8`` or ``weight_only_int4``."""
+        if self.mode == "weight_only_int4":
+            return "weight_only_int4"
         return f"{self.mode}_int8"
 
 
+#: INT8-only variant fields, refused (when set) for mode weight_only_int4.
+_INT8_ONLY_FIELDS = ("format", "per_channel", "activation_type", "weight_type", "op_types_to_quantize", "calibration_method", "reduce_range")
+#: INT4-only variant fields, refused (when set) for the INT8 modes.
+_INT4_ONLY_FIELDS = ("block_size", "accuracy_level", "is_symmetric")
+
+
 class EvaluationSpec(_Strict):
-    """Labelled evaluation set (``.npz`` with one array per input and ``labels``) and the accuracy gate."""
+    """Held-out evaluation set (``.npz`` with one array per input) and the quality gate.
+
+    * ``top1``: the set holds integer labels (``labels_key``); gate on the drop vs FP32
+      (``max_drop``) and the floor ``min_value``.
+    * ``cosine`` (embedding models, no labels): fidelity of the first output to reference
+      embeddings (:mod:`edgeport.fidelity`): the set's ``reference_key`` array of shape
+      (n_samples, dim), e.g. the FP32 PyTorch embeddings; with ``reference_key: null``, the
+      FP32 ONNX model's own outputs. Gate: mean cosine >= ``min_cosine``, for every variant.
+    """
 
     dataset: Path
-    metric: Literal["top1"] = "top1"
-    labels_key: str = "labels"
-    max_drop: float = Field(default=0.005, ge=0, le=1, description="Max absolute metric drop vs FP32 (0.005 = 0.5 pp).")
+    metric: Literal["top1", "cosine"] = "top1"
+    labels_key: str = Field(default="labels", description="top1 only: the array of integer labels.")
+    reference_key: str | None = Field(
+        default="embeddings",
+        description="cosine only: the array of reference embeddings, shape (n_samples, dim); null = the FP32 ONNX outputs.",
+    )
+    min_cosine: float = Field(default=0.99, ge=-1, le=1, description="cosine only: gate on the mean cosine similarity.")
+    max_drop: float = Field(default=0.005, ge=0, le=1, description="top1 only: max absolute drop vs FP32 (0.005 = 0.5 pp).")
     min_value: float | None = Field(
-        default=None, ge=0, le=1, description="Absolute floor on the metric (e.g. 0.95 top-1), applied to every variant, FP32 included."
+        default=None, ge=0, le=1, description="top1 only: absolute floor on the metric (e.g. 0.95 top-1), applied to every variant, FP32 included."
     )
     max_samples: int | None = Field(default=None, ge=1)
 
@@ -388,6 +494,7 @@ class PipelineSpec(_Strict):
     outputs: list[str] = Field(min_length=1)
     export: ExportSpec = Field(default_factory=ExportSpec)
     validation: ValidationSpec = Field(default_factory=ValidationSpec)
+    optimization: OptimizationSpec | None = None
     calibration: CalibrationSpec | None = None
     quantization: list[QuantizationVariantSpec] = Field(default_factory=list)
     evaluation: EvaluationSpec | None = None
@@ -400,9 +507,10 @@ class PipelineSpec(_Strict):
         names = [i.name for i in self.inputs]
         if len(set(names)) != len(names):
             raise ValueError(f"input names must be unique, got {names}")
-        variants = ["fp32", *(v.name for v in self.quantization)]
+        reserved = ["fp32", "fp32-optimized"] if self.optimization is not None else ["fp32"]
+        variants = [*reserved, *(v.name for v in self.quantization)]
         if len(set(variants)) != len(variants):
-            raise ValueError(f"variant names must be unique and not 'fp32', got {variants}")
+            raise ValueError(f"variant names must be unique and not {' or '.join(map(repr, reserved))}, got {variants}")
         static = [v.name for v in self.quantization if v.mode == "static"]
         if static and self.calibration is None:
             raise ValueError(f"quantization: static variants {static} need a `calibration` section")

@@ -1,4 +1,5 @@
-"""The edgeport pipeline flow: checkpoint -> ONNX -> validate -> quantize -> evaluate -> benchmark -> register.
+"""The edgeport pipeline flow: checkpoint -> ONNX -> validate -> [optimize -> validate] -> quantize
+-> validate -> evaluate -> benchmark -> register -> report.
 
 This module only composes the steps in ``tasks/`` and publishes Prefect artifacts;
 the ONNX, ONNX Runtime and MLflow logic lives in the steps.
@@ -28,6 +29,7 @@ from edgeport.spec import PipelineSpec, load_spec
 from tasks.benchmark import benchmark_target_task
 from tasks.evaluate import evaluate_task
 from tasks.export import export_task
+from tasks.optimize import optimize_task
 from tasks.preflight import preflight_task
 from tasks.quantize import quantize_task
 from tasks.register import check_tracking_uri_task, register_task, resolve_tracking_uri
@@ -75,7 +77,21 @@ def _variant_record(name: str, kind: str, path: str, size: int, sha: str, opset:
     }
 
 
+def _metric_columns(spec: PipelineSpec) -> tuple[str, str, float]:
+    """(value column, drop column, drop scale) named after the evaluation metric: top1 drops
+    are shown in percentage points, cosine drops as they are."""
+    metric = spec.evaluation.metric if spec.evaluation is not None else "metric"
+    if metric == "top1":
+        return "top1", "drop_pp", 100.0
+    return metric, f"{metric}_drop", 1.0
+
+
+def _round(x: Any, digits: int) -> Any:
+    return None if x is None or x != x else round(x, digits)  # x != x: NaN
+
+
 def _summary_table(spec: PipelineSpec, variants: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    value_col, drop_col, scale = _metric_columns(spec)
     rows = []
     for v in variants:
         bench = select_primary_benchmark(v, spec)
@@ -86,8 +102,8 @@ def _summary_table(spec: PipelineSpec, variants: list[dict[str, Any]]) -> list[d
                 "kind": v["kind"],
                 "size_kb": round(v["size_bytes"] / 1024, 1),
                 "validation": "passed" if (v["validation"] or {}).get("passed") else "FAILED",
-                "top1": None if not ev else round(ev["value"], 4),
-                "drop_pp": None if not ev else round(100 * ev["drop"], 2),
+                value_col: None if not ev else _round(ev["value"], 4),
+                drop_col: None if not ev else _round(scale * ev["drop"], 4 if scale == 1 else 2),
                 f"p50_ms@b{spec.benchmark.primary}": None if bench is None else round(bench["p50_ms"], 4),
                 "passed": v["passed"],
                 "model_version": v["model_version"],
@@ -139,8 +155,8 @@ def _publish_artifacts(spec: PipelineSpec, summary: dict[str, Any]) -> None:
             else "no variant passed its gates: nothing registered."
         ),
         "",
-        "| variant | kind | size KB | validation | top-1 | drop pp | p50 ms | passed | version |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| " + " | ".join(rows[0].keys() if rows else ()) + " |",
+        "|" + "---|" * (len(rows[0]) if rows else 0),
     ]
     lines += ["| " + " | ".join(str(x) for x in r.values()) + " |" for r in rows]
     lines += ["", f"MLflow run: `{summary['mlflow_run_id']}` at `{summary['tracking_uri']}`"]
@@ -212,10 +228,53 @@ def pipeline(spec_path: str, output_dir: str | None = None, tracking_uri: str | 
     fp32["validation"] = validate_task(spec, export.onnx_path, report_path=str(out / "validation-fp32.json"))
     lap("validate", start)
     variants = [fp32]
+    parent = fp32  # the FP32 model every quantized variant is built from
+
+    if spec.optimization is not None:
+        opt_spec = spec.optimization
+        start = time.perf_counter()
+        opt = optimize_task(
+            export.onnx_path,
+            str(out / "variants" / "fp32-optimized.onnx"),
+            model_type=opt_spec.model_type,
+            num_heads=opt_spec.num_heads,
+            hidden_size=opt_spec.hidden_size,
+            opt_level=opt_spec.opt_level,
+            require=dict(opt_spec.require) or None,
+        )
+        lap("optimize", start)
+        start = time.perf_counter()
+        parent = _variant_record(
+            "fp32-optimized",
+            "fp32",
+            opt.path,
+            opt.size_bytes,
+            opt.sha256,
+            export.opset,
+            quantization=None,
+            op_counts=None,
+            fusions=opt.fusions,
+            optimization={
+                "model_type": opt.model_type,
+                "num_heads": opt.num_heads,
+                "hidden_size": opt.hidden_size,
+                "opt_level": opt.opt_level,
+                "nodes_before": opt.nodes_before,
+                "nodes_after": opt.nodes_after,
+                "onnxruntime_version": opt.onnxruntime_version,
+                "optimize_s": opt.optimize_s,
+            },
+            lineage={"parent": "fp32", "parent_sha256": export.model_sha256, "step": f"optimize:{opt.model_type}"},
+        )
+        # Gated against PyTorch, like the export: a fusion that breaks parity fails the run.
+        parent["validation"] = validate_task(spec, opt.path, report_path=str(out / "validation-fp32-optimized.json"))
+        lap("validate", start)
+        variants.append(parent)
+        logger.info("optimize: %s, fusions %s", opt.path, opt.fusions)
 
     for vspec in spec.quantization:
         start = time.perf_counter()
-        q = quantize_task(spec, vspec, export.onnx_path, str(out / "variants"))
+        q = quantize_task(spec, vspec, parent["path"], str(out / "variants"), parent=parent["name"])
         lap("quantize", start)
         start = time.perf_counter()
         record = _variant_record(
@@ -227,10 +286,10 @@ def pipeline(spec_path: str, output_dir: str | None = None, tracking_uri: str | 
             export.opset,
             quantization=q.settings,
             op_counts=q.op_counts,
-            lineage={"parent": "fp32", "parent_sha256": export.model_sha256, "step": f"quantize_{vspec.mode}"},
+            lineage={"parent": parent["name"], "parent_sha256": parent["sha256"], "step": f"quantize_{vspec.mode}"},
         )
         record["validation"] = validate_task(
-            spec, q.onnx_path, reference_onnx=export.onnx_path, report_path=str(out / f"validation-{q.name}.json")
+            spec, q.onnx_path, reference_onnx=parent["path"], report_path=str(out / f"validation-{q.name}.json")
         )
         lap("validate", start)
         variants.append(record)

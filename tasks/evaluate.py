@@ -1,10 +1,18 @@
-"""Step 4, evaluate: every variant (FP32 included) on the labelled evaluation set.
+"""Step 4, evaluate: every variant (FP32 included) on the held-out evaluation set.
 
 Metric ``top1``: the fraction of samples whose arg-max over the first output's last
 axis equals the label. Each quantized variant is compared with FP32: ``drop`` =
 FP32 top-1 - variant top-1 (absolute; 0.005 = 0.5 pp), ``agreement`` = fraction of
 samples where the variant predicts the same class as FP32. The gate: ``drop <= max_drop``
 and, when ``min_value`` is set, ``value >= min_value``.
+
+Metric ``cosine`` (embedding models, no labels): the first output of each variant is
+compared with reference embeddings by :func:`edgeport.fidelity.fidelity_report`
+(``cosine_mean`` = ``value``, ``cosine_min``, ``nn_agreement``, ``spearman``). The reference
+is the dataset's ``reference_key`` array (e.g. the FP32 PyTorch embeddings), for every
+variant FP32 included, or, with ``reference_key: null``, the FP32 ONNX model's saved
+embeddings. ``drop`` = FP32's mean cosine - the variant's; ``agreement`` = ``nn_agreement``.
+The gate: ``cosine_mean >= min_cosine``, for every variant.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeport.data import iter_batches, load_input_arrays, load_labels
+from edgeport.data import iter_batches, load_input_arrays, load_labels, load_reference_embeddings
 from edgeport.errors import DataError, SpecError
 from edgeport.spec import PipelineSpec
 from tasks.validate import ort_session
@@ -24,6 +32,9 @@ from tasks.validate import ort_session
 logger = logging.getLogger("edgeport.evaluate")
 
 __all__ = ["EVAL_BATCH_SIZE", "evaluate_model", "predict"]
+
+#: Batch size used to embed the evaluation set for metric ``cosine``.
+EMBED_BATCH_SIZE = 32
 
 #: Batch size used to run the evaluation set (throughput only; results do not depend on it).
 EVAL_BATCH_SIZE = 64
@@ -60,22 +71,29 @@ def evaluate_model(
         spec: needs an ``evaluation`` section.
         onnx_path: the variant's model.
         name: variant name (names the predictions file).
-        output_dir: where ``predictions-<name>.npy`` (int64, shape (n_samples,)) and
+        output_dir: where ``predictions-<name>.npy`` (top1: int64, shape (n_samples,)) or
+            ``embeddings-<name>.npy`` (cosine: float32, shape (n_samples, dim)) and
             ``evaluation-<name>.json`` are written.
-        reference: FP32's evaluation dict; None when evaluating FP32 itself (drop 0).
+        reference: FP32's evaluation dict; None when evaluating FP32 itself.
 
     Returns:
-        ``{"metric": "top1", "value", "drop", "agreement", "max_drop", "min_value", "passed",
-        "num_samples", "predictions_path"}``.
+        top1: ``{"metric": "top1", "value", "drop", "agreement", "max_drop", "min_value",
+        "passed", "num_samples", "predictions_path"}``.
+        cosine: ``{"metric": "cosine", "value" (= cosine_mean), "cosine_mean", "cosine_min",
+        "nn_agreement", "spearman", "nonfinite", "min_cosine", "reference", "passed", "drop",
+        "agreement", "num_samples", "predictions_path"}`` (see :func:`edgeport.fidelity.fidelity_report`).
 
     Raises:
         SpecError: the spec has no ``evaluation`` section.
-        DataError: evaluation file missing, no labels, or labels/inputs of different lengths.
+        DataError: evaluation file missing, no labels (top1) or reference embeddings (cosine),
+            or labels/references and inputs of different lengths.
         RuntimeLoadError: ONNX Runtime cannot load the model.
     """
     ev = spec.evaluation
     if ev is None:
         raise SpecError("evaluation: the spec has no evaluation section")
+    if ev.metric == "cosine":
+        return _evaluate_cosine(spec, onnx_path, name, Path(output_dir), reference)
     arrays = load_input_arrays(ev.dataset, spec.inputs, "evaluation.dataset", ev.max_samples)
     labels = load_labels(ev.dataset, ev.labels_key, "evaluation.dataset", ev.max_samples)
     n = next(iter(arrays.values())).shape[0]
@@ -106,6 +124,50 @@ def evaluate_model(
     }
     (output_dir / f"evaluation-{name}.json").write_text(json.dumps(result, indent=2))
     logger.info("evaluated %s: top-1 %.4f, drop %.4f, agreement %.4f", name, top1, drop, agreement)
+    return result
+
+
+def _evaluate_cosine(
+    spec: PipelineSpec, onnx_path: str | Path, name: str, output_dir: Path, reference: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Metric ``cosine``: fidelity of the first output's embeddings to the reference embeddings."""
+    from edgeport.fidelity import embed_onnx, fidelity_report
+
+    ev = spec.evaluation
+    assert ev is not None
+    arrays = load_input_arrays(ev.dataset, spec.inputs, "evaluation.dataset", ev.max_samples)
+    n = next(iter(arrays.values())).shape[0]
+    emb = embed_onnx(onnx_path, arrays, input_names=[i.name for i in spec.inputs], output_name=spec.outputs[0], batch_size=EMBED_BATCH_SIZE)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    emb_path = output_dir / f"embeddings-{name}.npy"
+    np.save(emb_path, emb)
+    if ev.reference_key is not None:
+        ref = load_reference_embeddings(ev.dataset, ev.reference_key, "evaluation.dataset", ev.max_samples)
+        if ref.shape != emb.shape:
+            raise DataError(
+                f"evaluation.dataset: {ev.dataset}[{ev.reference_key!r}] has shape {ref.shape}, but {name} "
+                f"embeds the {n} samples as {emb.shape}"
+            )
+        ref_name = f"{ev.reference_key} (dataset)"
+    elif reference is None:  # FP32 itself, with FP32 as the reference: identical by definition
+        ref, ref_name = emb, "fp32"
+    else:
+        ref, ref_name = np.load(reference["predictions_path"]), "fp32"
+    report = fidelity_report(emb, ref, ev.min_cosine, reference_name=ref_name)
+    ref_value = 1.0 if reference is None else reference["value"]
+    result = {
+        **report,
+        "drop": (ref_value - report["value"]) if reference is not None else 0.0,
+        "agreement": report["nn_agreement"],
+        "num_samples": n,
+        "predictions_path": str(emb_path),
+    }
+    (output_dir / f"evaluation-{name}.json").write_text(json.dumps(result, indent=2))
+    logger.info(
+        "evaluated %s: cosine mean %.4f, min %.4f, NN agreement %.3f, Spearman %.4f (%s)",
+        name, report["cosine_mean"], report["cosine_min"], report["nn_agreement"], report["spearman"],
+        "passed" if report["passed"] else f"FAILED min_cosine {ev.min_cosine}",
+    )
     return result
 
 

@@ -34,24 +34,19 @@ from pathlib import Path
 from typing import Any
 
 from edgeport.checkpoint import file_sha256
-from edgeport.errors import EdgeportError
+from edgeport.errors import OptimizationError
 
 logger = logging.getLogger("edgeport.optimize")
 
-__all__ = ["DEFAULT_OPT_LEVEL", "OptimizationError", "OptimizeResult", "optimize_transformer"]
+__all__ = ["DEFAULT_OPT_LEVEL", "OptimizationError", "OptimizeResult", "optimize_transformer", "result_dict"]
+
+# OptimizationError lives in edgeport.errors; re-exported here for callers of this step.
 
 #: ONNX Runtime graph optimization level run before the Python fusions (``optimize_model``'s
 #: default for BERT). 1 ("basic": constant folding, redundant node removal) keeps the graph
 #: portable; 99 may write hardware-specific ops (ONNX Runtime warns so). Levels 0-99 gave
 #: the same fusions on MiniLM.
 DEFAULT_OPT_LEVEL = 1
-
-
-class OptimizationError(EdgeportError):
-    """The transformer optimizer failed, or a fusion the caller required did not apply.
-
-    (To move into :mod:`edgeport.errors` with the flow integration.)
-    """
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgeport.checkpoint import file_sha256, load_model
-from edgeport.data import batch_arrays, load_input_arrays, load_labels, num_samples_of, reference_samples
+from edgeport.data import batch_arrays, load_input_arrays, load_labels, load_reference_embeddings, num_samples_of, reference_samples
 from edgeport.errors import DataError
 from edgeport.spec import PipelineSpec
 from edgeport.targets import resolve_target
@@ -30,7 +30,8 @@ def preflight(spec: PipelineSpec) -> dict[str, Any]:
         CheckpointError, ModelFactoryError: the model cannot be built from the checkpoint.
         SpecError: the declared input shapes do not fit the model.
         RuntimeLoadError: ``export.opset`` is beyond the installed onnx / ONNX Runtime.
-        DataError: a data file is missing, empty, has no labels, or does not fit the inputs.
+        DataError: a data file is missing, empty, has no labels (top1) or reference embeddings
+            of shape (n, dim) (cosine), or does not fit the inputs.
         TargetError: a target's managed environment is not set up.
     """
     check_opset_supported(spec.export.opset)
@@ -49,10 +50,19 @@ def preflight(spec: PipelineSpec) -> dict[str, Any]:
     if spec.evaluation is not None:
         ev = spec.evaluation
         arrays = load_input_arrays(ev.dataset, spec.inputs, "evaluation.dataset", ev.max_samples)
-        labels = load_labels(ev.dataset, ev.labels_key, "evaluation.dataset", ev.max_samples)
-        if labels.shape[0] != num_samples_of(arrays):
-            raise DataError(f"evaluation.dataset: {ev.dataset} has {labels.shape[0]} labels for {num_samples_of(arrays)} samples")
-        report["evaluation_samples"] = int(labels.shape[0])
+        n = num_samples_of(arrays)
+        if ev.metric == "cosine":
+            if ev.reference_key is not None:
+                ref = load_reference_embeddings(ev.dataset, ev.reference_key, "evaluation.dataset", ev.max_samples)
+                if ref.shape[0] != n:
+                    raise DataError(
+                        f"evaluation.dataset: {ev.dataset}[{ev.reference_key!r}] has {ref.shape[0]} reference embeddings for {n} samples"
+                    )
+        else:
+            labels = load_labels(ev.dataset, ev.labels_key, "evaluation.dataset", ev.max_samples)
+            if labels.shape[0] != n:
+                raise DataError(f"evaluation.dataset: {ev.dataset} has {labels.shape[0]} labels for {n} samples")
+        report["evaluation_samples"] = int(n)
     return report
 
 

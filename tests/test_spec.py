@@ -228,3 +228,30 @@ def test_cli_validate_spec_on_a_bad_spec(tmp_path: Path) -> None:
     assert "QDQX" in result.stderr
     assert "Traceback" not in result.output
     assert result.stdout == ""
+
+
+# ------------------------------------------------------------------------------ transformer fields
+
+
+def test_int4_variant_refuses_int8_only_fields(tmp_path: Path) -> None:
+    path = _bad_spec(tmp_path, lambda d: d["quantization"].append({"name": "int4", "mode": "weight_only_int4", "per_channel": True}))
+    message = _spec_error(path)
+    assert "quantization.2" in message and "per_channel" in message and "weight_only_int4" in message
+
+
+def test_int4_block_size_must_be_a_power_of_two(tmp_path: Path) -> None:
+    path = _bad_spec(tmp_path, lambda d: d["quantization"].append({"name": "int4", "mode": "weight_only_int4", "block_size": 48}))
+    message = _spec_error(path)
+    assert "quantization.2.block_size" in message and "power of 2" in message
+
+
+def test_cosine_evaluation_and_optimization_fields(tmp_path: Path) -> None:
+    def mutate(d: dict) -> None:
+        d["evaluation"].update(metric="cosine", reference_key=None, min_cosine=0.98)
+        d["optimization"] = {"num_heads": 12, "hidden_size": 384, "require": {"Attention": 6}}
+        d["quantization"].append({"name": "int4", "mode": "weight_only_int4", "block_size": 64})
+
+    spec = load_spec(_bad_spec(tmp_path, mutate))
+    assert spec.evaluation.metric == "cosine" and spec.evaluation.reference_key is None
+    assert spec.optimization.model_type == "bert" and spec.optimization.opt_level == 1
+    assert spec.quantization[2].kind == "weight_only_int4" and spec.quantization[2].block_size == 64
