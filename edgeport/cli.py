@@ -27,9 +27,11 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+from edgeport.cli_bench import register as _register_bench  # noqa: E402
 from edgeport.cli_targets import targets_app  # noqa: E402
 
 app.add_typer(targets_app, name="targets", help="Hardware targets: list the profiles, set up managed environments.")
+_register_bench(app)
 
 console = Console(width=None if Console().is_terminal else 180)
 err_console = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 140)
