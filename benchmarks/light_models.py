@@ -31,7 +31,7 @@ inputs, default threads (``cpu``: ONNX Runtime's default, one per physical core)
 off. ``openvino-cpu`` is skipped (and said so) when ``edgeport targets setup openvino`` has
 not been run. Prints a markdown report for docs/benchmarks.md::
 
-    python benchmarks/light_models.py [--work DIR] [--time-budget 4] [--out report.md]
+    python benchmarks/light_models.py [--work DIR] [--time-budget 4] [--models light_resnet50] [--out report.md]
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ def available_targets(targets: tuple[str, ...]) -> tuple[list[str], dict[str, st
     return ok, skipped
 
 
-def run(work: Path, time_budget_s: float, warmup: int, targets: tuple[str, ...]) -> dict[str, Any]:
+def run(work: Path, time_budget_s: float, warmup: int, targets: tuple[str, ...], models: tuple[str, ...] = MODELS) -> dict[str, Any]:
     from edgeport.spec import TargetSpec
     from tasks.benchmark import benchmark_variant
 
@@ -212,7 +212,7 @@ def run(work: Path, time_budget_s: float, warmup: int, targets: tuple[str, ...])
     load_before = os.getloadavg()
     started = time.perf_counter()
     rows, prepared = [], {}
-    for name in MODELS:
+    for name in models:
         print(f"[{name}] preparing FP32 and INT8 variants ...", file=sys.stderr, flush=True)
         prepared[name] = info = prepare(name, work)
         for variant in ("fp32", "int8"):
@@ -306,13 +306,17 @@ def main() -> None:
     parser.add_argument("--time-budget", type=float, default=4.0, help="Seconds of timed runs per batch size (default 4).")
     parser.add_argument("--warmup", type=int, default=2, help="Untimed runs per batch size (default 2).")
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"Comma-separated targets (default {','.join(TARGETS)}).")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"Comma-separated subset of {','.join(MODELS)}.")
     parser.add_argument("--out", type=Path, help="Also write the markdown report here.")
     args = parser.parse_args()
+    models = tuple(m for m in args.models.split(",") if m)
+    if set(models) - set(MODELS):
+        parser.error(f"--models: unknown {sorted(set(models) - set(MODELS))}; choose from {', '.join(MODELS)}")
     prefect_env()
     with tempfile.TemporaryDirectory(prefix="edgeport-light-") as tmp:
         work = (args.work or Path(tmp)).resolve()
         work.mkdir(parents=True, exist_ok=True)
-        text = report(run(work, args.time_budget, args.warmup, tuple(t for t in args.targets.split(",") if t)))
+        text = report(run(work, args.time_budget, args.warmup, tuple(t for t in args.targets.split(",") if t), models))
     print(text)
     if args.out:
         args.out.write_text(text)

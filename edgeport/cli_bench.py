@@ -440,6 +440,8 @@ def bench(
                 got = benchmark_variant(model, spec, TargetSpec(name=name), samples, folder)
             except EdgeportError as exc:
                 _fail(exc, debug)
+            if work_dir is None:  # the temporary folder goes away: do not point at its files
+                got = [{**e, "latencies_path": None} if "latencies_path" in e else e for e in got]
             entries.extend(got)
             runtimes.append(_runtime(folder / f"benchmark-{name}.json", name))
 

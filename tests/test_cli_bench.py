@@ -114,6 +114,7 @@ def test_cpu_table_and_json(app: typer.Typer, tmp_path: Path) -> None:
     assert all(e["providers_bound"] == ["CPUExecutionProvider"] and e["runs"] >= 1 for e in raw["results"])
     assert raw["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["batch", 4]}]
     assert raw["targets"][0]["onnxruntime_version"]
+    assert all(e.get("latencies_path") is None for e in raw["results"])  # the temporary work folder is gone
 
 
 def test_default_batch_sizes_and_static_batch(app: typer.Typer, tmp_path: Path) -> None:
@@ -165,9 +166,12 @@ def test_samples(app: typer.Typer, tmp_path: Path) -> None:
     good = tmp_path / "good.npz"
     np.savez(good, x=np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32))
     out = tmp_path / "bench.json"
-    result = invoke(app, model, "--samples", good, "-b", "5", "--json", out, *QUICK)
+    work = tmp_path / "work"
+    result = invoke(app, model, "--samples", good, "-b", "5", "--json", out, "--work-dir", work, *QUICK)
     assert result.exit_code == 0, result.output
-    assert json.loads(out.read_text())["results"][0]["data"] == "samples"
+    entry = json.loads(out.read_text())["results"][0]
+    assert entry["data"] == "samples"
+    assert (work / "benchmark-cpu.request.json").is_file() and (work / "benchmark-cpu.json").is_file()  # kept
 
     bad = tmp_path / "bad.npz"
     np.savez(bad, pixels=np.zeros((3, 4), np.float32))
