@@ -28,7 +28,7 @@ from edgeport.spec import PipelineSpec
 
 logger = logging.getLogger("edgeport.validate")
 
-__all__ = ["compare_outputs", "ort_session", "validate_onnx"]
+__all__ = ["compare_outputs", "ort_session", "shape_cases", "validate_onnx"]
 
 #: Denominator floor for relative error, so |ref| ~ 0 does not blow it up.
 REL_EPS = 1e-12
@@ -112,6 +112,31 @@ def _onnx_reference(path: str | Path, output_names: list[str]) -> Callable[[dict
     return lambda batch: session.run(output_names, batch)
 
 
+def shape_cases(spec: PipelineSpec, samples: dict[str, np.ndarray]) -> list[tuple[str, int, dict[str, np.ndarray]]]:
+    """The input batches validation runs: every ``validation.batch_sizes`` (real samples cycled),
+    plus, for each dynamic non-batch dim (e.g. ``sequence``), the largest batch size with that
+    dim cut to about 2/3 of the samples' size: a length the exporter never traced.
+
+    Returns:
+        ``[(label, batch size, {input name: ndarray}), ...]``, e.g. ``("batch size 7", 7, {...})``
+        or ``("batch size 32, sequence=86", 32, {...})``.
+    """
+    v = spec.validation
+    cases = [(f"batch size {bs}", bs, batch_arrays(samples, bs)) for bs in v.batch_sizes]
+    dynamic = set(spec.dynamic_dims)
+    dims = {d for i in spec.inputs for axis, d in enumerate(i.shape) if axis > 0 and isinstance(d, str) and d in dynamic}
+    bs = max(v.batch_sizes)
+    for dim in sorted(dims):
+        axes = {i.name: i.shape.index(dim) for i in spec.inputs if dim in i.shape[1:]}
+        size = min(samples[name].shape[axis] for name, axis in axes.items())
+        new = size * 2 // 3 + 1
+        if new >= size:
+            continue
+        cut = {name: (np.take(a, np.arange(new), axis=axes[name]) if name in axes else a) for name, a in samples.items()}
+        cases.append((f"batch size {bs}, {dim}={new}", bs, batch_arrays(cut, bs)))
+    return cases
+
+
 def validate_onnx(
     spec: PipelineSpec,
     onnx_path: str | Path,
@@ -122,7 +147,8 @@ def validate_onnx(
     FP32 ONNX model (reported, not gated on tolerance).
 
     Samples: ``validation.num_samples`` real samples (:func:`edgeport.data.reference_samples`),
-    cycled to fill each batch size in ``validation.batch_sizes``.
+    cycled to fill each batch size in ``validation.batch_sizes``; dynamic non-batch dims are
+    also run at a size the exporter never traced (:func:`shape_cases`).
 
     Returns:
         The report: ``{"passed", "reference" ("torch"|"fp32"), "gated", "rtol", "atol",
@@ -177,28 +203,30 @@ def validate_onnx(
 
     first_error: str | None = None
     per_output: dict[str, list[dict[str, Any]]] = {name: [] for name in outputs}
-    for bs in v.batch_sizes:
-        batch = batch_arrays(samples, bs)
+    cases = shape_cases(spec, samples)
+    report["shapes"] = [label for label, _, _ in cases]
+    for where, bs, batch in cases:
         expected = reference(batch)
         try:
             actual = session.run(outputs, batch)
         except Exception as exc:
-            return finish(f"onnxruntime failed at batch size {bs}: {' '.join(str(exc).split())[:400]}")
+            return finish(f"onnxruntime failed at {where}: {' '.join(str(exc).split())[:400]}")
         for name, a, e in zip(outputs, actual, expected):
             if a.shape != e.shape:
                 return finish(
-                    f"output {name!r} at batch size {bs}: shape {list(a.shape)} != reference {list(e.shape)} "
+                    f"output {name!r} at {where}: shape {list(a.shape)} != reference {list(e.shape)} "
                     "(a dim exported as static?)"
                 )
             cmp = compare_outputs(a, e, v.rtol, v.atol)
             cmp["worst"]["batch_size"] = bs
+            cmp["worst"]["shape_case"] = where
             per_output[name].append(cmp)
             w = cmp["worst"]
             if first_error is None and cmp["nonfinite"]:
-                first_error = f"output {name!r} at batch size {bs} has {cmp['nonfinite']} NaN/Inf values"
+                first_error = f"output {name!r} at {where} has {cmp['nonfinite']} NaN/Inf values"
             elif first_error is None and gated and cmp["violations"]:
                 first_error = (
-                    f"output {name!r} at batch size {bs}: {cmp['violations']} elements beyond "
+                    f"output {name!r} at {where}: {cmp['violations']} elements beyond "
                     f"atol={v.atol} + rtol={v.rtol}*|ref|; worst at index {w['index']}: onnxruntime "
                     f"{w['actual']!r} vs reference {w['expected']!r} (abs err {w['abs_err']:.3g})"
                 )

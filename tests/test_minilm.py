@@ -182,6 +182,9 @@ def test_flow_records_the_fused_parent_and_fidelity_metrics(minilm_e2e):
         assert np.load(ev["predictions_path"]).shape == (32, 384)
     assert variants["fp32"]["evaluation"]["cosine_mean"] > 0.99999  # vs the PyTorch reference
     assert variants["int8-dynamic"]["evaluation"]["passed"]
+    # Parity is checked at every batch size and at a sequence length the exporter never traced.
+    shapes = variants["fp32"]["validation"]["shapes"]
+    assert any("sequence=86" in s for s in shapes), shapes
 
 
 def test_flow_registers_passing_variants_only_and_sets_the_challenger(minilm_e2e):
