@@ -238,7 +238,16 @@ class QuantizationVariantSpec(_Strict):
     per_channel: bool = False
     activation_type: Literal["QInt8", "QUInt8"] = "QUInt8"
     weight_type: Literal["QInt8", "QUInt8"] = "QInt8"
-    op_types_to_quantize: list[str] | None = None
+    op_types_to_quantize: list[str] | None = Field(
+        default=None,
+        description="Op types to quantize (default: all the quantizer supports; weight_only_int4: [MatMul], "
+        "add Gather to 4-bit the embedding tables).",
+    )
+    parent: Literal["fp32", "fp32-optimized"] | None = Field(
+        default=None,
+        description="FP32 model the variant is built from; default fp32-optimized when `optimization` is set, else fp32. "
+        "(INT4 of embeddings needs the unfused fp32: the optimizer folds the embedding Gather into EmbedLayerNormalization.)",
+    )
     nodes_to_exclude: list[str] = Field(default_factory=list)
     calibration_method: Literal["MinMax", "Entropy", "Percentile"] | None = Field(
         default=None, description="Overrides calibration.method for this variant."
@@ -268,7 +277,7 @@ class QuantizationVariantSpec(_Strict):
             if bad:
                 raise ValueError(
                     f"variant {self.name!r}: {', '.join(bad)}: INT8-only setting(s) (modes static, dynamic), not "
-                    "applicable to mode weight_only_int4 (its settings: block_size, accuracy_level, is_symmetric, nodes_to_exclude)"
+                    "applicable to mode weight_only_int4 (its settings: block_size, accuracy_level, is_symmetric, op_types_to_quantize [MatMul, Gather], nodes_to_exclude)"
                 )
         else:
             bad = [f for f in _INT4_ONLY_FIELDS if f in self.model_fields_set]
@@ -285,7 +294,7 @@ class QuantizationVariantSpec(_Strict):
 
 
 #: INT8-only variant fields, refused (when set) for mode weight_only_int4.
-_INT8_ONLY_FIELDS = ("format", "per_channel", "activation_type", "weight_type", "op_types_to_quantize", "calibration_method", "reduce_range")
+_INT8_ONLY_FIELDS = ("format", "per_channel", "activation_type", "weight_type", "calibration_method", "reduce_range")
 #: INT4-only variant fields, refused (when set) for the INT8 modes.
 _INT4_ONLY_FIELDS = ("block_size", "accuracy_level", "is_symmetric")
 
@@ -511,6 +520,9 @@ class PipelineSpec(_Strict):
         variants = [*reserved, *(v.name for v in self.quantization)]
         if len(set(variants)) != len(variants):
             raise ValueError(f"variant names must be unique and not {' or '.join(map(repr, reserved))}, got {variants}")
+        orphans = [v.name for v in self.quantization if v.parent == "fp32-optimized" and self.optimization is None]
+        if orphans:
+            raise ValueError(f"quantization: variants {orphans} name parent fp32-optimized, but the spec has no `optimization` section")
         static = [v.name for v in self.quantization if v.mode == "static"]
         if static and self.calibration is None:
             raise ValueError(f"quantization: static variants {static} need a `calibration` section")

@@ -274,7 +274,8 @@ def pipeline(spec_path: str, output_dir: str | None = None, tracking_uri: str | 
 
     for vspec in spec.quantization:
         start = time.perf_counter()
-        q = quantize_task(spec, vspec, parent["path"], str(out / "variants"), parent=parent["name"])
+        base = fp32 if vspec.parent == "fp32" else parent  # default: the optimized model when there is one
+        q = quantize_task(spec, vspec, base["path"], str(out / "variants"), parent=base["name"])
         lap("quantize", start)
         start = time.perf_counter()
         record = _variant_record(
@@ -286,10 +287,10 @@ def pipeline(spec_path: str, output_dir: str | None = None, tracking_uri: str | 
             export.opset,
             quantization=q.settings,
             op_counts=q.op_counts,
-            lineage={"parent": parent["name"], "parent_sha256": parent["sha256"], "step": f"quantize_{vspec.mode}"},
+            lineage={"parent": base["name"], "parent_sha256": base["sha256"], "step": f"quantize_{vspec.mode}"},
         )
         record["validation"] = validate_task(
-            spec, q.onnx_path, reference_onnx=parent["path"], report_path=str(out / f"validation-{q.name}.json")
+            spec, q.onnx_path, reference_onnx=base["path"], report_path=str(out / f"validation-{q.name}.json")
         )
         lap("validate", start)
         variants.append(record)

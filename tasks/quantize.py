@@ -65,6 +65,7 @@ QUANT_OPS = (
     "QAttention",
     "QEmbedLayerNormalization",
     "MatMulNBits",
+    "GatherBlockQuantized",
 )
 
 #: Operators whose weight (input 1) a static QDQ model feeds through DequantizeLinear.
@@ -294,6 +295,7 @@ def quantize_variant(
             is_symmetric=variant.is_symmetric,
             accuracy_level=variant.accuracy_level,
             nodes_to_exclude=list(variant.nodes_to_exclude),
+            op_types=variant.op_types_to_quantize,
         )
         settings.update(bits=4, algorithm=r.settings["algorithm"], matmul_float=r.matmul_float)
         ops = r.op_counts

@@ -79,6 +79,7 @@ def quantize_int4(
     is_symmetric: bool = True,
     accuracy_level: int = 4,
     nodes_to_exclude: list[str] | None = None,
+    op_types: list[str] | None = None,
 ) -> Int4Result:
     """Quantize the MatMul weights of ``fp32_path`` to 4 bits, block-wise (``MatMulNBits``).
 
@@ -117,8 +118,12 @@ def quantize_int4(
         "accuracy_level": accuracy_level,
         "algorithm": "RTN (DEFAULT)",
         "nodes_to_exclude": sorted(nodes_to_exclude or []),
+        "op_types": list(op_types or ["MatMul"]),
         "source": str(fp32_path),
     }
+    unknown = set(settings["op_types"]) - {"MatMul", "Gather"}
+    if unknown:
+        raise QuantizationError(f"int4 variant {name!r}: op types {sorted(unknown)} cannot be 4-bit quantized (MatMul, Gather)")
     start = time.perf_counter()
     try:
         quantizer = MatMulNBitsQuantizer(
@@ -128,6 +133,9 @@ def quantize_int4(
             is_symmetric=is_symmetric,
             accuracy_level=accuracy_level,
             nodes_to_exclude=list(nodes_to_exclude or []),
+            # Gather (embedding tables) is quantized along its hidden axis into GatherBlockQuantized.
+            op_types_to_quantize=tuple(settings["op_types"]),
+            quant_axes=(("MatMul", 0), ("Gather", 1)),
         )
         quantizer.process()
         model = quantizer.model.model
@@ -160,7 +168,10 @@ def quantize_int4(
         quantize_s=round(elapsed, 3),
     )
     output_path.with_name(f"{output_path.stem}.quantization.json").write_text(json.dumps(asdict(result), indent=2))
-    logger.info("int4 %s: %d MatMulNBits (block %d, accuracy level %d), %d bytes in %.1f s", name, nbits, block_size, accuracy_level, result.size_bytes, elapsed)
+    logger.info(
+        "int4 %s: %d MatMulNBits, %d GatherBlockQuantized (block %d, accuracy level %d), %d bytes in %.1f s",
+        name, nbits, op_counts.get("GatherBlockQuantized", 0), block_size, accuracy_level, result.size_bytes, elapsed,
+    )
     return result
 
 

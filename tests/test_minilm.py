@@ -125,7 +125,7 @@ def test_pipeline_yaml_is_valid_under_the_current_spec():
     assert spec.export.exporter == "legacy"
     assert spec.optimization is not None and spec.optimization.require["Attention"] == 6
     assert spec.evaluation is not None and spec.evaluation.metric == "cosine" and spec.evaluation.reference_key == "embeddings"
-    assert [v.kind for v in spec.quantization] == ["dynamic_int8", "static_int8", "weight_only_int4"]
+    assert [v.kind for v in spec.quantization] == ["dynamic_int8", "static_int8", "weight_only_int4", "weight_only_int4"]
 
 
 # --- the example end to end: export -> optimize -> quantize -> fidelity gate -> registry ----------
@@ -162,12 +162,17 @@ def test_flow_records_the_fused_parent_and_fidelity_metrics(minilm_e2e):
 
     summary = json.loads((minilm_e2e["root"] / "out" / "summary.json").read_text())
     variants = {v["name"]: v for v in summary["variants"]}
-    assert list(variants) == ["fp32", "fp32-optimized", "int8-dynamic", "int8-static", "int4"]
-    assert [v["kind"] for v in variants.values()] == ["fp32", "fp32", "dynamic_int8", "static_int8", "weight_only_int4"]
+    assert list(variants) == ["fp32", "fp32-optimized", "int8-dynamic", "int8-static", "int4", "int4-embeddings"]
+    assert [v["kind"] for v in variants.values()] == ["fp32", "fp32", "dynamic_int8", "static_int8", "weight_only_int4", "weight_only_int4"]
+    # INT4 for size: built from the unfused FP32, embedding tables 4-bit too.
+    small = variants["int4-embeddings"]
+    assert small["lineage"]["parent"] == "fp32" and small["validation"]["reference"] == "fp32"
+    assert small["op_counts"]["MatMulNBits"] == 36 and small["op_counts"]["GatherBlockQuantized"] >= 1
+    assert small["size_bytes"] <= 0.20 * variants["fp32"]["size_bytes"]
     opt = variants["fp32-optimized"]
     assert opt["fusions"] == FULL_FUSION and opt["validation"]["passed"] and opt["validation"]["reference"] == "torch"
     assert opt["lineage"]["parent"] == "fp32" and opt["lineage"]["step"] == "optimize:bert"
-    for name in ("int8-dynamic", "int8-static", "int4"):
+    for name in ("int8-dynamic", "int8-static", "int4"):  # default parent: the optimized model
         v = variants[name]
         assert v["lineage"]["parent"] == "fp32-optimized" and v["validation"]["reference"] == "fp32"
     assert {"QAttention", "QEmbedLayerNormalization"} <= set(variants["int8-dynamic"]["op_counts"])
