@@ -134,7 +134,11 @@ class ExportSpec(_Strict):
         description="ONNX opset (default 18: the dynamo exporter's own default). The export step refuses an "
         "opset the installed onnx or ONNX Runtime cannot handle.",
     )
-    exporter: Literal["dynamo", "legacy"] = Field(default="dynamo", description="torch.onnx.export(dynamo=True|False).")
+    exporter: Literal["dynamo", "legacy", "auto"] = Field(
+        default="dynamo",
+        description="torch.onnx.export(dynamo=True|False); `auto` exports with both, validates both, and keeps "
+        "the faster valid one (p50 on the first target at the primary batch size) as the FP32 baseline.",
+    )
     dynamic_dims: list[str] | None = Field(
         default=None, description="Dims exported as dynamic; default: every named dim in `inputs`."
     )

@@ -28,7 +28,7 @@ from edgeport.home import default_output_dir
 from edgeport.spec import PipelineSpec, load_spec
 from tasks.benchmark import benchmark_target_task
 from tasks.evaluate import evaluate_task
-from tasks.export import export_task
+from tasks.export import export_task, select_export_task, with_exporter
 from tasks.optimize import optimize_task
 from tasks.preflight import preflight_task
 from tasks.quantize import quantize_task
@@ -203,13 +203,18 @@ def pipeline(spec_path: str, output_dir: str | None = None, tracking_uri: str | 
     lap("preflight", start)
 
     start = time.perf_counter()
-    export_state = export_task(spec, return_state=True)
-    export = export_state.result()
-    if export_state.name == "Cached":
-        if Path(export.onnx_path).is_file():
-            export = dataclasses.replace(export, cached=True, export_s=0.0)
-        else:  # the cache folder was cleaned since: export again
-            export = export_task.with_options(refresh_cache=True)(spec)
+    selection = None
+    if spec.export.exporter == "auto":
+        export, selection = select_export_task(spec, str(out))
+        spec = with_exporter(spec, export.exporter)  # the rest of the run uses the selected exporter
+    else:
+        export_state = export_task(spec, return_state=True)
+        export = export_state.result()
+        if export_state.name == "Cached":
+            if Path(export.onnx_path).is_file():
+                export = dataclasses.replace(export, cached=True, export_s=0.0)
+            else:  # the cache folder was cleaned since: export again
+                export = export_task.with_options(refresh_cache=True)(spec)
     lap("export", start)
     logger.info("export: %s (%s)", export.onnx_path, "cached" if export.cached else f"{export.export_s:.1f} s")
 
@@ -224,6 +229,7 @@ def pipeline(spec_path: str, output_dir: str | None = None, tracking_uri: str | 
         quantization=None,
         op_counts=None,
         lineage={"parent": f"checkpoint:{export.checkpoint_sha256}", "step": f"export:{export.exporter}", "cached": export.cached},
+        export_selection=selection,
     )
     fp32["validation"] = validate_task(spec, export.onnx_path, report_path=str(out / "validation-fp32.json"))
     lap("validate", start)

@@ -21,7 +21,7 @@ import onnx
 import edgeport
 from edgeport.checkpoint import file_sha256, load_model
 from edgeport.data import batch_arrays, reference_samples
-from edgeport.errors import CheckpointError, ExportError, RuntimeLoadError, SpecError
+from edgeport.errors import CheckpointError, ExportError, RuntimeLoadError, SpecError, ValidationFailed
 from edgeport.home import export_cache_dir
 from edgeport.spec import PipelineSpec, spec_digest
 
@@ -295,8 +295,68 @@ def export_model(spec: PipelineSpec, cache_dir: str | Path | None = None) -> Exp
     return result
 
 
+EXPORTERS = ("legacy", "dynamo")
+
+
+def with_exporter(spec: PipelineSpec, exporter: str) -> PipelineSpec:
+    """A copy of ``spec`` whose ``export.exporter`` is ``exporter``."""
+    return spec.model_copy(update={"export": spec.export.model_copy(update={"exporter": exporter})})
+
+
+def select_export(spec: PipelineSpec, output_dir: str | Path, cache_dir: str | Path | None = None) -> tuple[ExportResult, dict]:
+    """``export.exporter: auto``: export with every exporter, validate each against PyTorch, and keep
+    the fastest valid one.
+
+    Speed: p50 (ms) on the spec's first target at the primary batch size, measured with
+    :func:`tasks.benchmark.benchmark_target` (interleaved rounds, same settings as the pipeline's
+    benchmarks) on the evaluation (else calibration) samples.
+
+    Returns:
+        (the winner's :class:`ExportResult`, the comparison: ``{"selected", "candidates": {exporter:
+        {"onnx_path", "valid", "error", "p50_ms", "export_s", "cached"}}}``).
+
+    Raises:
+        ExportError: no exporter produced a valid model (the message lists each one's error).
+    """
+    from tasks.benchmark import benchmark_target
+    from tasks.validate import validate_onnx
+
+    candidates: dict[str, dict] = {}
+    results: dict[str, ExportResult] = {}
+    for exporter in EXPORTERS:
+        variant_spec = with_exporter(spec, exporter)
+        entry: dict = {"onnx_path": None, "valid": False, "error": None, "p50_ms": None, "export_s": None, "cached": None}
+        candidates[exporter] = entry
+        try:
+            result = export_model(variant_spec, cache_dir)
+            entry.update(onnx_path=result.onnx_path, export_s=result.export_s, cached=result.cached)
+            validate_onnx(variant_spec, result.onnx_path)
+        except (ExportError, ValidationFailed) as exc:  # bad input (checkpoint, data, opset) propagates
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+            logger.warning("exporter %s rejected: %s", exporter, entry["error"])
+            continue
+        entry["valid"] = True
+        results[exporter] = result
+    if not results:
+        raise ExportError("export.exporter auto: no exporter produced a valid model: " + "; ".join(
+            f"{e}: {c['error']}" for e, c in candidates.items()))
+    primary = spec.benchmark.primary
+    bench_spec = spec.model_copy(update={"benchmark": spec.benchmark.model_copy(update={"batch_sizes": [primary], "primary_batch_size": None})})
+    samples = spec.evaluation.dataset if spec.evaluation else (spec.calibration.dataset if spec.calibration else None)
+    measured = benchmark_target(
+        bench_spec, spec.targets[0], {e: r.onnx_path for e, r in results.items()}, samples, Path(output_dir) / "export-selection"
+    )
+    for exporter, entries in measured.items():
+        candidates[exporter]["p50_ms"] = entries[0]["p50_ms"] if entries[0]["status"] == "ok" else None
+    timed = {e: c["p50_ms"] for e, c in candidates.items() if c["valid"] and c["p50_ms"] is not None}
+    selected = min(timed, key=timed.get) if timed else next(iter(results))
+    logger.info("export.exporter auto: %s selected (p50 ms: %s)", selected, timed)
+    return results[selected], {"selected": selected, "candidates": candidates}
+
+
 # --- Prefect wrapper -------------------------------------------------------------------------
 from prefect import task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 
 def _export_task_cache_key(context: object, parameters: dict) -> str | None:
@@ -321,3 +381,7 @@ export_task = task(
     persist_result=True,
     retries=0,
 )
+
+
+#: ``exporter: auto``: exports (each cached), validation and a short benchmark of every exporter.
+select_export_task = task(select_export, name="select-export", retries=0, cache_policy=NO_CACHE)

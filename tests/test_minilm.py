@@ -122,7 +122,7 @@ def test_pipeline_yaml_is_valid_under_the_current_spec():
     spec = load_spec(MINILM / "pipeline.yaml")
     assert [i.name for i in spec.inputs] == list(INPUTS)
     assert spec.dynamic_dims == ["batch", "sequence"]
-    assert spec.export.exporter == "legacy"
+    assert spec.export.exporter == "auto"
     assert spec.optimization is not None and spec.optimization.require["Attention"] == 6
     assert spec.evaluation is not None and spec.evaluation.metric == "cosine" and spec.evaluation.reference_key == "embeddings"
     assert [v.kind for v in spec.quantization] == ["dynamic_int8", "static_int8", "weight_only_int4", "weight_only_int4"]
@@ -148,6 +148,7 @@ def minilm_e2e(prefect_harness, minilm_artifacts, tmp_path_factory):
     data["calibration"].update(dataset=str(minilm_artifacts["calibration"]), num_samples=32, chunk_size=8)
     data["evaluation"]["dataset"] = str(minilm_artifacts["eval"])
     data["benchmark"] = {"batch_sizes": [1], "warmup": 2, "repetitions": 20, "time_budget_s": 0.4, "rounds": 1, "timeout_s": 300}
+    data["export"]["exporter"] = "legacy"  # fusion assertions below; `auto` has its own test
     uri = f"sqlite:///{root / 'mlflow.db'}"
     data["registry"]["tracking_uri"] = uri
     spec_path = root / "pipeline.yaml"
@@ -400,3 +401,20 @@ def test_int4_fails_loudly_without_a_matmul(tmp_path):
         quantize_int4(tmp_path / "relu.onnx", tmp_path / "int4.onnx")
     with pytest.raises(QuantizationError, match="block_size"):
         quantize_int4(tmp_path / "relu.onnx", tmp_path / "int4.onnx", block_size=24)
+
+
+def test_auto_export_keeps_the_faster_valid_exporter(minilm_artifacts, tmp_path):
+    from tasks.export import select_export
+
+    spec = minilm_spec(
+        minilm_artifacts,
+        exporter="auto",
+        benchmark={"batch_sizes": [1], "warmup": 2, "repetitions": 30, "time_budget_s": 0.6, "rounds": 2, "timeout_s": 300},
+    )
+    winner, selection = select_export(spec, tmp_path, cache_dir=tmp_path / "cache")
+    candidates = selection["candidates"]
+    assert set(candidates) == {"legacy", "dynamo"}
+    assert all(c["valid"] and c["p50_ms"] > 0 for c in candidates.values()), candidates
+    fastest = min(candidates, key=lambda e: candidates[e]["p50_ms"])
+    assert selection["selected"] == winner.exporter == fastest
+    assert winner.onnx_path == candidates[fastest]["onnx_path"]
