@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -19,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgeport.errors import EdgeportError
-from edgeport.home import default_output_dir, edgeport_home
+from edgeport.home import configure_runtime_env, default_output_dir, edgeport_home
 
 app = typer.Typer(
     name="edgeport",
@@ -37,24 +36,6 @@ console = Console(width=None if Console().is_terminal else 180)
 err_console = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 140)
 
 EXIT_OK, EXIT_ERROR, EXIT_NO_CHALLENGER = 0, 1, 2
-
-
-def _prefect_env() -> None:
-    """Keep the ephemeral Prefect server's database under EDGEPORT_HOME (so the Prefect UI can be
-    opened on it later), unless the user points Prefect elsewhere. Must run before importing prefect."""
-    if "PREFECT_API_URL" not in os.environ and "PREFECT_HOME" not in os.environ:
-        prefect_home = edgeport_home() / "prefect"
-        prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect's sqlite db cannot create its folder
-        os.environ["PREFECT_HOME"] = str(prefect_home)
-    # The ephemeral server takes 10-15 s to start on 2 cores, more under load (Prefect's default: 20 s).
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("DO_NOT_TRACK", "true")
-    os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "edgeport")
-    logging.getLogger("edgeport").setLevel(logging.INFO)
-    for noisy in ("onnxscript", "onnx_ir", "torch.onnx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _quiet_tracebacks() -> None:
@@ -138,7 +119,7 @@ def run(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Run the pipeline flow for SPEC and write summary.json."""
-    _prefect_env()
+    configure_runtime_env()
     from edgeport.spec import load_spec
 
     try:

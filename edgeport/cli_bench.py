@@ -43,7 +43,6 @@ Mounted by the main CLI with :func:`register`; also runs alone as
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -54,6 +53,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgeport.errors import DataError, EdgeportError, RuntimeLoadError, TargetError
+from edgeport.home import configure_runtime_env
 from edgeport.spec import InputSpec, PipelineSpec
 
 __all__ = [
@@ -342,17 +342,6 @@ def _fail(exc: BaseException, debug: bool) -> None:
     raise typer.Exit(EXIT_ERROR)
 
 
-def _prepare_prefect_env() -> None:
-    """What ``edgeport run`` does before importing Prefect (``tasks.benchmark`` imports it):
-    keep PREFECT_HOME under EDGEPORT_HOME, no telemetry."""
-    try:
-        from edgeport.cli import _prefect_env
-    except ImportError:  # pragma: no cover - cli.py renamed it
-        os.environ.setdefault("DO_NOT_TRACK", "true")
-        return
-    _prefect_env()
-
-
 def bench(
     model: Annotated[Path, typer.Argument(help="The .onnx file (external data next to it is used by ONNX Runtime, not read here).")],
     target: Annotated[
@@ -426,7 +415,7 @@ def bench(
             highlight=False,
         )
 
-    _prepare_prefect_env()
+    configure_runtime_env()  # before tasks.benchmark imports Prefect
     from edgeport.spec import TargetSpec
     from tasks.benchmark import benchmark_variant
 

@@ -19,6 +19,7 @@ from edgeport.spec import InputSpec, PipelineSpec
 
 __all__ = [
     "batch_arrays",
+    "benchmark_samples_path",
     "iter_batches",
     "load_input_arrays",
     "load_labels",
@@ -180,3 +181,13 @@ def reference_samples(spec: PipelineSpec, num_samples: int) -> dict[str, np.ndar
     if spec.calibration is not None:
         return load_input_arrays(spec.calibration.dataset, spec.inputs, "calibration.dataset", num_samples)
     return random_inputs(spec.inputs, num_samples)
+
+
+def benchmark_samples_path(spec: PipelineSpec) -> str | None:
+    """The ``.npz`` of real samples benchmarks feed: the evaluation set, else the calibration set,
+    else None (the runner then uses seeded random data)."""
+    if spec.evaluation is not None:
+        return str(spec.evaluation.dataset)
+    if spec.calibration is not None:
+        return str(spec.calibration.dataset)
+    return None

@@ -24,6 +24,7 @@ from prefect.artifacts import (
 )
 from prefect.runtime import flow_run
 
+from edgeport.data import benchmark_samples_path
 from edgeport.home import default_output_dir
 from edgeport.spec import PipelineSpec, load_spec
 from tasks.benchmark import benchmark_target_task
@@ -49,15 +50,6 @@ def select_primary_benchmark(variant: dict[str, Any], spec: PipelineSpec) -> dic
         (b for b in variant["benchmarks"] if b["target"] == target and b["batch_size"] == batch and b.get("status") == "ok"),
         None,
     )
-
-
-def _samples_path(spec: PipelineSpec) -> str | None:
-    """Real samples for benchmarking: the evaluation set, else the calibration set."""
-    if spec.evaluation is not None:
-        return str(spec.evaluation.dataset)
-    if spec.calibration is not None:
-        return str(spec.calibration.dataset)
-    return None
 
 
 def _variant_record(name: str, kind: str, path: str, size: int, sha: str, opset: int, **extra: Any) -> dict[str, Any]:
@@ -319,7 +311,7 @@ def pipeline(spec_path: str, output_dir: str | None = None, tracking_uri: str | 
             spec,
             target,
             models,
-            _samples_path(spec),
+            benchmark_samples_path(spec),
             str(out / "benchmarks" / target.name),
             on_progress=lambda f, i=i: update_progress_artifact(progress_id, 100.0 * (i + f) / len(spec.targets)),
         )

@@ -20,7 +20,7 @@ import onnx
 
 import edgeport
 from edgeport.checkpoint import file_sha256, load_model
-from edgeport.data import batch_arrays, reference_samples
+from edgeport.data import batch_arrays, benchmark_samples_path, reference_samples
 from edgeport.errors import CheckpointError, ExportError, RuntimeLoadError, SpecError, ValidationFailed
 from edgeport.home import export_cache_dir
 from edgeport.spec import PipelineSpec, spec_digest
@@ -342,9 +342,8 @@ def select_export(spec: PipelineSpec, output_dir: str | Path, cache_dir: str | P
             f"{e}: {c['error']}" for e, c in candidates.items()))
     primary = spec.benchmark.primary
     bench_spec = spec.model_copy(update={"benchmark": spec.benchmark.model_copy(update={"batch_sizes": [primary], "primary_batch_size": None})})
-    samples = spec.evaluation.dataset if spec.evaluation else (spec.calibration.dataset if spec.calibration else None)
     measured = benchmark_target(
-        bench_spec, spec.targets[0], {e: r.onnx_path for e, r in results.items()}, samples, Path(output_dir) / "export-selection"
+        bench_spec, spec.targets[0], {e: r.onnx_path for e, r in results.items()}, benchmark_samples_path(spec), Path(output_dir) / "export-selection"
     )
     for exporter, entries in measured.items():
         candidates[exporter]["p50_ms"] = entries[0]["p50_ms"] if entries[0]["status"] == "ok" else None

@@ -13,6 +13,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgeport.errors import RegistryError, RegistryUnavailable
 from edgeport.spec import PipelineSpec
 from tasks.benchmark import load_latencies
@@ -105,8 +107,6 @@ def _latency_distribution(spec: PipelineSpec, variants: list[dict[str, Any]], ta
             paths = entry.get("latencies_paths") or [entry.get("latencies_path")]
             arrays = [a for p in paths if p and (a := load_latencies({"latencies_path": p, "batch_size": batch})) is not None]
             if arrays:
-                import numpy as np
-
                 data.append(np.concatenate(arrays))
                 names.append(v["name"] + (" (fallback)" if entry["status"] == "fallback" else ""))
         if data:
