@@ -22,6 +22,7 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.events import emit_event
 from prefect.runtime import flow_run
 
 from edgeport.data import benchmark_samples_path
@@ -37,7 +38,10 @@ from tasks.register import check_tracking_uri_task, register_task, resolve_track
 from tasks.report import report_task
 from tasks.validate import validate_task
 
-__all__ = ["pipeline", "select_primary_benchmark"]
+__all__ = ["PIPELINE_COMPLETED_EVENT", "pipeline", "select_primary_benchmark"]
+
+#: Prefect event emitted when a pipeline run registered a challenger (triggers the promotion deployment).
+PIPELINE_COMPLETED_EVENT = "edgeport.pipeline.completed"
 
 #: Where ``mlflow/server.sh`` serves the embedded store (override with EDGEPORT_MLFLOW_UI_URL).
 LOCAL_MLFLOW_UI = os.environ.get("EDGEPORT_MLFLOW_UI_URL", "http://127.0.0.1:5000")
@@ -162,7 +166,12 @@ def _publish_artifacts(spec: PipelineSpec, summary: dict[str, Any]) -> None:
 
 
 @flow(name="edgeport-pipeline", description="Checkpoint -> validated, quantized, benchmarked ONNX variants -> MLflow registry.")
-def pipeline(spec_path: str, output_dir: str | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
+def pipeline(
+    spec_path: str,
+    output_dir: str | None = None,
+    tracking_uri: str | None = None,
+    checkpoint: str | None = None,
+) -> dict[str, Any]:
     """Run the whole pipeline for one spec.
 
     Args:
@@ -170,6 +179,15 @@ def pipeline(spec_path: str, output_dir: str | None = None, tracking_uri: str | 
         output_dir: where variants, reports and ``summary.json`` go (default
             ``$EDGEPORT_HOME/outputs/<spec name>``).
         tracking_uri: MLflow tracking URI overriding ``registry.tracking_uri``.
+        checkpoint: PyTorch checkpoint overriding ``model.checkpoint`` (relative paths resolve
+            against the working directory); the ``edgeport.checkpoint.created`` trigger passes
+            it from the event payload. Checked by preflight like the spec's own.
+
+    Emits:
+        ``edgeport.pipeline.completed`` (:data:`PIPELINE_COMPLETED_EVENT`) when the run registered
+        a challenger: resource ``edgeport.registered-model.<name>``; payload ``registered_model``,
+        ``version`` (the challenger's model version), ``alias``, ``variant``, ``tracking_uri``,
+        ``spec_path``, ``checkpoint``, ``flow_run_id``. The promotion deployment is triggered by it.
 
     Returns:
         The summary (the ``summary.json`` contract documented in docs/spec.md).
@@ -186,6 +204,10 @@ def pipeline(spec_path: str, output_dir: str | None = None, tracking_uri: str | 
         timings[step] = round(timings.get(step, 0.0) + time.perf_counter() - start, 3)
 
     spec = load_spec(spec_path)
+    if checkpoint is not None:
+        ckpt = Path(checkpoint).expanduser().resolve()
+        spec = spec.model_copy(update={"model": spec.model.model_copy(update={"checkpoint": ckpt})})
+        logger.info("checkpoint: %s (overrides model.checkpoint)", ckpt)
     out = Path(output_dir).resolve() if output_dir else default_output_dir(spec.name)
     out.mkdir(parents=True, exist_ok=True)
     uri = resolve_tracking_uri(spec.registry.tracking_uri, tracking_uri)
@@ -359,4 +381,25 @@ def pipeline(spec_path: str, output_dir: str | None = None, tracking_uri: str | 
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     _publish_artifacts(spec, summary)
     logger.info("summary: %s", out / "summary.json")
+    if summary["challenger"]:
+        _emit_completed(spec, summary)
     return summary
+
+
+def _emit_completed(spec: PipelineSpec, summary: dict[str, Any]) -> None:
+    """Emit :data:`PIPELINE_COMPLETED_EVENT` for a run that registered a challenger."""
+    name = summary["registered_model"]
+    emit_event(
+        event=PIPELINE_COMPLETED_EVENT,
+        resource={"prefect.resource.id": f"edgeport.registered-model.{name}", "prefect.resource.name": name},
+        payload={
+            "registered_model": name,
+            "version": str(summary["challenger"]["version"]),
+            "alias": spec.registry.alias,
+            "variant": summary["challenger"]["variant"],
+            "tracking_uri": summary["tracking_uri"],
+            "spec_path": summary["spec"],
+            "checkpoint": str(spec.model.checkpoint),
+            "flow_run_id": (summary["prefect_flow_run"] or {}).get("id"),
+        },
+    )
