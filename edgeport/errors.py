@@ -18,8 +18,15 @@ working for callers that do not know edgeport.
     ├── RuntimeLoadError                   ONNX Runtime cannot load a model (opset, op type)
     ├── BenchmarkError                     the benchmark runner crashed, hung or returned garbage
     ├── TargetError (ValueError)           unknown target, execution provider or provider option
-    └── RegistryError                      MLflow tracking server / registry unreachable or refused a write
-        └── RegistryUnavailable (ConnectionError)   transient: worth retrying
+    ├── ServerError                        `edgeport servers`: a local MLflow / Prefect server cannot be started or stopped
+    │   ├── PortInUseError (OSError)       the port a server should bind is taken
+    │   ├── ServerStartError               a server exited during start-up or stayed unhealthy (log tail in the message)
+    │   └── ServersNotRunning              no servers are running for this EDGEPORT_HOME
+    ├── RegistryError                      MLflow tracking server / registry unreachable or refused a write
+    │   └── RegistryUnavailable (ConnectionError)   transient: worth retrying
+    └── PromotionError                     promotion / rollback impossible: unknown model, version or alias,
+        │                                  metrics missing for the target and batch size, no previous champion
+        └── PromotionRejected              the promotion gate said no (``.decision`` says why)
 """
 
 from __future__ import annotations
@@ -85,9 +92,43 @@ class TargetError(EdgeportError, ValueError):
     """An unknown target, execution provider, or provider option."""
 
 
+class ServerError(EdgeportError):
+    """A local server (``edgeport servers``) could not be started, checked or stopped."""
+
+
+class PortInUseError(ServerError, OSError):
+    """The port a server should bind on the chosen host is already taken."""
+
+
+class ServerStartError(ServerError):
+    """A server exited during start-up, or its health endpoint did not answer in time; the
+    message ends with the tail of the server's log."""
+
+
+class ServersNotRunning(ServerError):
+    """No edgeport servers are running for this ``EDGEPORT_HOME`` (``edgeport servers up`` starts them)."""
+
+
 class RegistryError(EdgeportError):
     """MLflow refused an operation, or stayed unreachable after the retries."""
 
 
 class RegistryUnavailable(RegistryError, ConnectionError):
     """The MLflow tracking server did not answer: a transient error worth retrying."""
+
+
+class PromotionError(EdgeportError):
+    """A promotion or rollback cannot be decided: unknown registered model, version or alias,
+    no recorded metrics for the chosen target and batch size, or no ``previous-champion``."""
+
+
+class PromotionRejected(PromotionError):
+    """The promotion gate rejected the candidate; nothing was changed.
+
+    Attributes:
+        decision: the decision (a dict: candidate and champion numbers, ``reason``).
+    """
+
+    def __init__(self, message: str, decision: dict | None = None) -> None:
+        super().__init__(message)
+        self.decision = decision or {}
