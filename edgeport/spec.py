@@ -49,8 +49,10 @@ __all__ = [
     "ModelSpec",
     "OptimizationSpec",
     "PipelineSpec",
+    "PromotionSpec",
     "QuantizationVariantSpec",
     "RegistrySpec",
+    "RetrySpec",
     "TargetSpec",
     "BenchmarkSpec",
     "ValidationSpec",
@@ -381,6 +383,14 @@ class TargetSpec(_Strict):
         description='"current" (the interpreter running edgeport) or a managed environment (e.g. "openvino", '
         "created by `edgeport targets setup openvino`).",
     )
+    work_pool: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Prefect work pool whose worker runs this target's benchmark (e.g. jetson-orin: on the device itself), "
+        "as the `edgeport-remote-benchmark` deployment `remote-benchmark-<pool>` (created by `edgeport deploy`); "
+        "default: benchmarked in the pipeline run's own process. Models and data are passed as paths: the worker "
+        "must see the same filesystem paths (shared mount or the same machine).",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -487,6 +497,84 @@ class BenchmarkSpec(_Strict):
         return self.primary_batch_size or self.batch_sizes[0]
 
 
+class PromotionSpec(_Strict):
+    """The promotion gate (:mod:`tasks.promote`): when a candidate version replaces ``champion``.
+
+    The candidate and the champion are compared on ONE target and batch size, from the p50 and
+    its 95% CI half-width that registration recorded (metrics ``p50_ms.<target>.b<batch>`` and
+    ``ci_halfwidth_pct.<target>.b<batch>`` of each version's run). With ``significance: ci95``
+    (default), ``[p50 - h, p50 + h]`` is each version's CI of the median and:
+
+    * ``min_p50_improvement_pct = 0`` (default): reject only when the candidate is
+      *significantly* slower than allowed: its CI lower bound > the champion's CI upper bound
+      x (1 + ``max_p50_regression_pct``/100). A candidate as fast as the champion within noise passes.
+    * ``min_p50_improvement_pct > 0``: accept only when the candidate is *significantly* faster
+      by that margin: its CI upper bound < the champion's CI lower bound x (1 - margin/100).
+
+    Non-overlapping 95% CIs is a conservative test of a difference (Schenker & Gentleman,
+    "On judging the significance of differences by examining the overlap between confidence
+    intervals", The American Statistician 55(3), 2001). ``significance: point`` compares the
+    p50s alone. A version without a recorded CI counts with half-width 0 (noted in the reason).
+    """
+
+    target: str | None = Field(
+        default=None, description="Target the versions are compared on; default: the first of `targets`."
+    )
+    batch_size: int | None = Field(
+        default=None, ge=1, description="Batch size compared; default: benchmark.primary_batch_size (the one that picks the challenger)."
+    )
+    max_p50_regression_pct: float = Field(
+        default=0.0,
+        ge=0,
+        description="Allowed p50 slow-down vs the champion, in % (default 0: not significantly slower).",
+    )
+    min_p50_improvement_pct: float = Field(
+        default=0.0,
+        ge=0,
+        lt=100,
+        description="Required p50 speed-up vs the champion, in % (default 0: none); excludes max_p50_regression_pct.",
+    )
+    significance: Literal["ci95", "point"] = Field(
+        default="ci95", description="ci95: compare the 95% CIs of the medians; point: the p50s alone."
+    )
+    max_quality_drop_vs_champion: float | None = Field(
+        default=None,
+        ge=0,
+        description="Max drop of the evaluation metric (top-1 or cosine) vs the champion's, absolute "
+        "(0.005 = 0.5 pp); default: not compared (each version's own gate applies).",
+    )
+
+    @model_validator(mode="after")
+    def _one_margin(self) -> PromotionSpec:
+        if self.max_p50_regression_pct > 0 and self.min_p50_improvement_pct > 0:
+            raise ValueError(
+                "set max_p50_regression_pct (allowed slow-down) or min_p50_improvement_pct (required speed-up), not both"
+            )
+        return self
+
+
+class RetrySpec(_Strict):
+    """How long the steps that talk to MLflow (register, report) keep retrying a transient error
+    (server unreachable, timeout, HTTP 502/503/504, sqlite "database is locked").
+
+    Retries use exponential backoff: ``initial_delay_s``, doubled after every failure, capped at
+    ``max_delay_s`` (AWS Architecture Blog, "Exponential Backoff and Jitter", 2015; Prefect adds
+    jitter). They stop once ``window_s`` seconds have passed since the first failure of that step;
+    the run then fails with :class:`~edgeport.errors.RegistryUnavailable`, keeps its results in the
+    output folder (``registration-pending.json``) and a re-run resumes from the cached steps.
+    Default window: 5 minutes, enough for a tracking server restart or a short network outage.
+    The start-up reachability check is not retried this long: with nothing done yet, failing in
+    seconds costs nothing.
+    """
+
+    window_s: float = Field(default=300.0, ge=0, description="Retry window (s), from a step's first transient failure.")
+    initial_delay_s: float = Field(default=2.0, gt=0, description="Delay before the first retry (s); doubled after each failure.")
+    max_delay_s: float = Field(default=30.0, gt=0, description="Cap on the delay between two attempts (s).")
+    request_timeout_s: float = Field(
+        default=60.0, gt=0, description="Timeout of one HTTP request to an MLflow server (s) (MLFLOW_HTTP_REQUEST_TIMEOUT)."
+    )
+
+
 class RegistrySpec(_Strict):
     """Where results are recorded: an MLflow tracking URI, experiment and registered model."""
 
@@ -496,6 +584,8 @@ class RegistrySpec(_Strict):
     experiment: str = "edgeport"
     registered_model: str = Field(min_length=1)
     alias: str = Field(default="challenger", description="Alias set on the fastest passing variant.")
+    promotion: PromotionSpec = Field(default_factory=PromotionSpec, description="The gate of `edgeport promote`.")
+    retry: RetrySpec = Field(default_factory=RetrySpec, description="Retry window of the steps that talk to MLflow.")
 
 
 class PipelineSpec(_Strict):
@@ -533,6 +623,13 @@ class PipelineSpec(_Strict):
         targets = [t.name for t in self.targets]
         if len(set(targets)) != len(targets):
             raise ValueError(f"target names must be unique, got {targets}")
+        promotion = self.registry.promotion
+        if promotion.target is not None and promotion.target not in targets:
+            raise ValueError(f"registry.promotion.target {promotion.target!r} is not one of the targets {targets}")
+        if promotion.batch_size is not None and promotion.batch_size not in self.benchmark.batch_sizes:
+            raise ValueError(
+                f"registry.promotion.batch_size {promotion.batch_size} is not in benchmark.batch_sizes {self.benchmark.batch_sizes}"
+            )
         declared = {d for i in self.inputs for d in i.dynamic_dims}
         for dim in self.export.dynamic_dims or []:
             if dim not in declared:

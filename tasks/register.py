@@ -61,8 +61,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Benchmark fields logged as metrics, one key per target and batch size: ``p50_ms.cpu.b1``.
-BENCHMARK_METRICS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput", "peak_rss_mb", "session_create_ms")
+#: Benchmark fields logged as metrics, one key per target and batch size: ``p50_ms.cpu.b1``
+#: (``ci_halfwidth_pct``: 95% CI half-width of the median in % of p50, used by the promotion gate).
+BENCHMARK_METRICS = (
+    "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput", "peak_rss_mb", "session_create_ms", "ci_halfwidth_pct",
+)
 
 #: Keys every variant dict handed to :func:`register_pipeline` must have.
 REQUIRED_VARIANT_KEYS = ("name", "kind", "path", "passed")
@@ -74,12 +77,19 @@ _ENV_LOCK = threading.Lock()
 
 
 def resolve_tracking_uri(spec_uri: str | None, override: str | None) -> str:
-    """The MLflow tracking URI to use: ``override`` (CLI flag) > ``spec_uri``
-    (``registry.tracking_uri``) > the embedded sqlite store under ``EDGEPORT_HOME``
-    (:func:`edgeport.home.default_tracking_uri`)."""
-    for uri in (override, spec_uri):
+    """The MLflow tracking URI to use, first found of: ``override`` (CLI flag) > ``spec_uri``
+    (``registry.tracking_uri``) > the ``MLFLOW_TRACKING_URI`` environment variable > the MLflow
+    server started by ``edgeport servers up`` for this ``EDGEPORT_HOME``
+    (:func:`edgeport.servers.running_servers`) > the embedded sqlite store under
+    ``EDGEPORT_HOME`` (:func:`edgeport.home.default_tracking_uri`)."""
+    for uri in (override, spec_uri, os.environ.get("MLFLOW_TRACKING_URI")):
         if uri is not None and str(uri).strip():
             return str(uri).strip()
+    from edgeport.servers import running_servers  # lazy: servers is optional at import time
+
+    state = running_servers()
+    if state is not None:
+        return state.mlflow_url
     return home.default_tracking_uri()
 
 
@@ -118,6 +128,54 @@ def _short_http_timeouts(uri: str, timeout_s: float) -> Iterator[None]:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
+
+
+_HTTP_USERS: dict[str, Any] = {"count": 0, "saved": None}
+
+
+@contextlib.contextmanager
+def mlflow_http_settings(uri: str, timeout_s: float, max_retries: int = 2, backoff_factor: float = 1.0) -> Iterator[None]:
+    """MLflow's HTTP client settings for a block that talks to an http(s) tracking server.
+
+    MLflow's defaults (``MLFLOW_HTTP_REQUEST_MAX_RETRIES=7``, backoff factor 2,
+    ``MLFLOW_HTTP_REQUEST_TIMEOUT=120`` s) make one request to a stopped server hang for minutes,
+    longer than edgeport's own retry window (``registry.retry``), which then cannot keep its
+    schedule. Inside the block a request gets ``max_retries`` quick retries (urllib3 backoff
+    ``backoff_factor`` x 2^n s) for blips, and edgeport's retry window handles outages.
+    Reference-counted, so concurrent blocks in several threads share the settings and the last
+    one out restores the previous values. Other URIs: no-op.
+
+    Args:
+        uri: the tracking URI.
+        timeout_s: per-request timeout in s (``MLFLOW_HTTP_REQUEST_TIMEOUT``, rounded up).
+        max_retries: ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``.
+        backoff_factor: ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR``.
+    """
+    if not _is_http(uri):
+        yield
+        return
+    names = {
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, math.ceil(timeout_s))),
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(int(max_retries)),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(backoff_factor),
+    }
+    with _ENV_LOCK:
+        if _HTTP_USERS["count"] == 0:
+            _HTTP_USERS["saved"] = {k: os.environ.get(k) for k in names}
+        os.environ.update(names)
+        _HTTP_USERS["count"] += 1
+    try:
+        yield
+    finally:
+        with _ENV_LOCK:
+            _HTTP_USERS["count"] -= 1
+            if _HTTP_USERS["count"] == 0:
+                for key, value in _HTTP_USERS["saved"].items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
+                _HTTP_USERS["saved"] = None
 
 
 def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
@@ -263,29 +321,53 @@ def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str
         return experiment.experiment_id
 
 
+_STORE_STATE = threading.Condition()
+_STORE_USERS: dict[str, Any] = {"uri": None, "count": 0, "saved": None}
+
+
 @contextlib.contextmanager
 def _using_store(uri: str) -> Iterator[None]:
     """Point MLflow's fluent API (runs, log_model, register_model) at ``uri`` for the block,
     then restore the previous URIs and the MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI
-    variables (``mlflow.set_tracking_uri`` also exports them)."""
+    variables (``mlflow.set_tracking_uri`` also exports them).
+
+    MLflow's tracking URI is process-global (its active-run stack is per thread), so blocks in
+    several threads share it: blocks on the same ``uri`` run together (reference-counted, the last
+    one out restores), a block on another URI waits until they are done. Without this, the first
+    registration to finish would repoint a concurrent one at the previous store mid-run.
+    """
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
     env_names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    saved_env = {k: os.environ.get(k) for k in env_names}
-    old_tracking, old_registry = tracking_utils._tracking_uri, registry_utils._registry_uri
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    with _STORE_STATE:
+        _STORE_STATE.wait_for(lambda: _STORE_USERS["count"] == 0 or _STORE_USERS["uri"] == uri)
+        if _STORE_USERS["count"] == 0:
+            _STORE_USERS["saved"] = (
+                {k: os.environ.get(k) for k in env_names},
+                tracking_utils._tracking_uri,
+                registry_utils._registry_uri,
+            )
+            _STORE_USERS["uri"] = uri
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_registry_uri(uri)
+        _STORE_USERS["count"] += 1
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(old_tracking)
-        registry_utils._registry_uri = old_registry
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        with _STORE_STATE:
+            _STORE_USERS["count"] -= 1
+            if _STORE_USERS["count"] == 0:
+                saved_env, old_tracking, old_registry = _STORE_USERS["saved"]
+                mlflow.set_tracking_uri(old_tracking)
+                registry_utils._registry_uri = old_registry
+                for key, value in saved_env.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
+                _STORE_USERS.update(uri=None, saved=None)
+                _STORE_STATE.notify_all()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -626,6 +708,11 @@ def _log_variant(
     for key in ("parent", "step"):
         if lineage.get(key) is not None:
             tags[f"edgeport.lineage.{key}"] = str(lineage[key])
+    for gate in ("validation", "evaluation"):  # the gates' verdicts, read by the promotion gate
+        if isinstance(variant.get(gate), dict) and "passed" in variant[gate]:
+            tags[f"edgeport.{gate}.passed"] = str(bool(variant[gate]["passed"])).lower()
+    if isinstance(variant.get("evaluation"), dict) and variant["evaluation"].get("metric"):
+        tags["edgeport.evaluation.metric"] = str(variant["evaluation"]["metric"])
     if variant.get("sha256"):
         tags["edgeport.sha256"] = str(variant["sha256"])
     for entry in variant.get("benchmarks") or []:
