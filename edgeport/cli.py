@@ -30,6 +30,9 @@ from edgeport.cli_bench import register as _register_bench  # noqa: E402
 from edgeport.cli_targets import targets_app  # noqa: E402
 
 app.add_typer(targets_app, name="targets", help="Hardware targets: list the profiles, set up managed environments.")
+from edgeport.cli_servers import servers_app  # noqa: E402
+
+app.add_typer(servers_app, name="servers", help="Local MLflow + Prefect servers: up, status, env, down.")
 _register_bench(app)
 
 console = Console(width=None if Console().is_terminal else 180)

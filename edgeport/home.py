@@ -12,6 +12,7 @@ Layout::
       cache/export/<key>/   content-addressed ONNX exports (key = checkpoint sha256 + export settings)
       envs/<name>/          managed environments for EPs shipped as their own build (EDGEPORT_ENVS overrides)
       outputs/<spec name>/  default output folder of ``edgeport run`` (summary.json, variants, reports)
+      servers/              ``edgeport servers up``: MLflow + Prefect servers' stores, logs, PIDs (edgeport.servers)
 """
 
 from __future__ import annotations
@@ -63,12 +64,19 @@ def managed_envs_dir() -> Path:
 def configure_runtime_env() -> None:
     """Defaults for a CLI process; must run before Prefect is imported.
 
-    Keeps the ephemeral Prefect server's database under ``EDGEPORT_HOME/prefect`` (so the Prefect
-    UI can be opened on it later) unless the user points Prefect elsewhere (``PREFECT_API_URL`` or
-    ``PREFECT_HOME``); raises the ephemeral server's start-up timeout to 120 s (it takes 10-15 s on
+    Unless the user points Prefect somewhere (``PREFECT_API_URL`` or ``PREFECT_HOME``): uses the
+    Prefect server of ``edgeport servers up`` when it runs (sets ``PREFECT_API_URL``), else keeps
+    the ephemeral Prefect server's database under ``EDGEPORT_HOME/prefect`` (so the Prefect UI can
+    be opened on it later). Raises the ephemeral server's start-up timeout to 120 s (it takes 10-15 s on
     2 cores, more under load; Prefect's default is 20 s); turns telemetry off; routes edgeport's
     loggers through Prefect's log handlers at INFO and quiets the exporters' INFO chatter.
     """
+    if "PREFECT_API_URL" not in os.environ and "PREFECT_HOME" not in os.environ:
+        from edgeport.servers import running_servers  # lazy: servers imports this module
+
+        state = running_servers()
+        if state is not None:  # `edgeport servers up` runs a Prefect server: use it
+            os.environ["PREFECT_API_URL"] = state.prefect_api_url
     if "PREFECT_API_URL" not in os.environ and "PREFECT_HOME" not in os.environ:
         prefect_home = edgeport_home() / "prefect"
         prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect's sqlite db cannot create its folder
