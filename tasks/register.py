@@ -28,6 +28,7 @@ import re
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ import mlflow.onnx
 import numpy as np
 import onnx
 import onnxruntime
+from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
@@ -71,6 +73,9 @@ BENCHMARK_METRICS = (
 REQUIRED_VARIANT_KEYS = ("name", "kind", "path", "passed")
 
 _ENV_LOCK = threading.Lock()
+
+#: Tag on every run and model version of one registration (the same across its attempts).
+REGISTRATION_TAG = "edgeport.registration_id"
 
 
 # --------------------------------------------------------------------------- tracking URI
@@ -573,8 +578,16 @@ def register_pipeline(
     tracking_uri: str,
     output_dir: str | Path,
     flow_run: dict | None = None,
+    registration_id: str | None = None,
 ) -> dict:
     """Log one pipeline run to MLflow and register its passing variants.
+
+    Every run and model version it creates carries the tag ``edgeport.registration_id``.
+    Called again with the same ``registration_id`` (a retry, or a re-run resuming a pending
+    registration), it first deletes what an earlier, interrupted attempt left behind (versions
+    the rollback could not delete while the server was down, runs left RUNNING), so an outage
+    never leaves a half-registered pipeline run. HTTP requests use
+    :func:`mlflow_http_settings` with ``registry.retry.request_timeout_s``.
 
     Args:
         spec: the validated pipeline spec (``registry`` names experiment, model and alias).
@@ -586,9 +599,10 @@ def register_pipeline(
         tracking_uri: MLflow tracking (and registry) URI; see :func:`resolve_tracking_uri`.
         output_dir: folder where ``registration.json`` (the return value) is written.
         flow_run: ``{"id", "name", "url"}`` of the Prefect flow run, logged as tags.
+        registration_id: identifies this registration across attempts (default: a new uuid4).
 
     Returns:
-        ``{"mlflow_run_id", "experiment_id", "tracking_uri", "run_url" (None unless
+        ``{"registration_id", "mlflow_run_id", "experiment_id", "tracking_uri", "run_url" (None unless
         http(s)), "registered_model", "alias", "versions": {variant name: version},
         "challenger": {"variant", "version", "p50_ms"} | None}``.
 
@@ -597,11 +611,23 @@ def register_pipeline(
         RegistryError: MLflow refused a write, or a variant could not be logged; the
             model versions this call created have been deleted again.
     """
+    registration_id = registration_id or uuid.uuid4().hex
+    with mlflow_http_settings(tracking_uri, spec.registry.retry.request_timeout_s):
+        return _register(spec, Path(spec_path).expanduser().resolve(), variants, tracking_uri, Path(output_dir), flow_run, registration_id)
+
+
+def _register(
+    spec: PipelineSpec,
+    spec_path: Path,
+    variants: list[dict],
+    tracking_uri: str,
+    output_dir: Path,
+    flow_run: dict | None,
+    registration_id: str,
+) -> dict:
     model_name = spec.registry.registered_model
-    spec_path = Path(spec_path).expanduser().resolve()
-    output_dir = Path(output_dir)
     _check_variants(spec, variants)
-    check_tracking_uri(tracking_uri, attempts=2, backoff_s=0.5)
+    check_tracking_uri(tracking_uri, attempts=2, backoff_s=0.5, timeout_s=spec.registry.retry.request_timeout_s)
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     created: list[str] = []  # versions created by this call, for the rollback
@@ -610,13 +636,14 @@ def register_pipeline(
     alias_set = False
     try:
         experiment_id = ensure_experiment(client, spec.registry.experiment, tracking_uri)
+        _undo_earlier_attempts(client, model_name, experiment_id, registration_id, spec.registry.alias)
         model_existed = _registered_model_exists(client, model_name)
         first_target, primary = spec.targets[0].name, spec.benchmark.primary
         with _using_store(tracking_uri):
             with mlflow.start_run(
                 experiment_id=experiment_id,
                 run_name=spec.name,
-                tags=_parent_tags(spec, spec_path, flow_run),
+                tags={**_parent_tags(spec, spec_path, flow_run), REGISTRATION_TAG: registration_id},
                 description=f"edgeport pipeline {spec.name}: {len(variants)} variant(s)",
             ) as parent:
                 run_id = parent.info.run_id
@@ -629,13 +656,15 @@ def register_pipeline(
 
                 versions: dict[str, str] = {}
                 for variant in variants:
-                    version = _log_variant(client, spec, variant, experiment_id, run_id, created)
+                    version = _log_variant(client, spec, variant, experiment_id, run_id, created, registration_id)
                     if version is not None:
                         versions[variant["name"]] = version
 
                 challenger = _pick_challenger(variants, versions, first_target, primary)
                 if challenger is not None:
                     alias_before = _alias_version(client, model_name, spec.registry.alias)
+                    if alias_before is not None:  # lets a later attempt restore it after an outage
+                        mlflow.set_tag("edgeport.alias_before", alias_before)
                     client.set_registered_model_alias(model_name, spec.registry.alias, challenger["version"])
                     alias_set = True
                     mlflow.set_tags({
@@ -651,6 +680,7 @@ def register_pipeline(
                     "variants_passed": float(sum(bool(v["passed"]) for v in variants)),
                 })
         result = {
+            "registration_id": registration_id,
             "mlflow_run_id": run_id,
             "experiment_id": experiment_id,
             "tracking_uri": tracking_uri,
@@ -694,7 +724,13 @@ def _parent_tags(spec: PipelineSpec, spec_path: Path, flow_run: dict | None) -> 
 
 
 def _log_variant(
-    client: MlflowClient, spec: PipelineSpec, variant: dict, experiment_id: str, parent_run_id: str, created: list[str]
+    client: MlflowClient,
+    spec: PipelineSpec,
+    variant: dict,
+    experiment_id: str,
+    parent_run_id: str,
+    created: list[str],
+    registration_id: str | None = None,
 ) -> str | None:
     """One nested run for ``variant``; registers it when it passed. Returns the version or None."""
     name, passed = variant["name"], bool(variant["passed"])
@@ -705,6 +741,8 @@ def _log_variant(
         "edgeport.kind": str(variant["kind"]),
         "edgeport.passed": str(passed).lower(),
     }
+    if registration_id:
+        tags[REGISTRATION_TAG] = registration_id
     for key in ("parent", "step"):
         if lineage.get(key) is not None:
             tags[f"edgeport.lineage.{key}"] = str(lineage[key])
@@ -760,6 +798,8 @@ def _log_variant(
             "edgeport.parent_run_id": parent_run_id,
             "edgeport.spec_name": spec.name,
         }
+        if registration_id:
+            version_tags[REGISTRATION_TAG] = registration_id
         mv = mlflow.register_model(model_info.model_uri, spec.registry.registered_model, tags=version_tags)
         created.append(str(mv.version))
         client.update_model_version(
@@ -801,6 +841,41 @@ def _pick_challenger(variants: list[dict], versions: dict[str, str], target: str
         if p50 is not None and (best is None or p50 < best["p50_ms"]):
             best = {"variant": variant["name"], "version": versions[variant["name"]], "p50_ms": p50}
     return best
+
+
+def _undo_earlier_attempts(client: MlflowClient, name: str, experiment_id: str, registration_id: str, alias: str) -> None:
+    """Delete the model versions and runs an earlier attempt of ``registration_id`` left behind
+    (its rollback could not reach the server), and give ``alias`` back to the version it named
+    before that attempt when the deletion removed it (MLflow drops an alias with its version)."""
+    quoted = registration_id.replace("'", "")
+    leftovers = client.search_model_versions(f"name = '{name}' and tags.`{REGISTRATION_TAG}` = '{quoted}'")
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{REGISTRATION_TAG}` = '{quoted}'", run_view_type=ViewType.ACTIVE_ONLY
+    )
+    if not leftovers and not runs:
+        return
+    alias_version = _alias_version(client, name, alias)
+    for mv in leftovers:
+        client.delete_model_version(name, mv.version)
+    restore = None
+    if alias_version is not None and alias_version in {str(mv.version) for mv in leftovers}:
+        restore = next((r.data.tags.get("edgeport.alias_before") for r in runs if r.data.tags.get("edgeport.alias_before")), None)
+    for run in runs:
+        client.delete_run(run.info.run_id)
+    if restore is not None and _version_exists(client, name, restore):
+        client.set_registered_model_alias(name, alias, restore)
+    logger.warning(
+        "registration %s: removed what an interrupted attempt left behind: %d model version(s) of %r, %d run(s)",
+        registration_id, len(leftovers), name, len(runs),
+    )
+
+
+def _version_exists(client: MlflowClient, name: str, version: str) -> bool:
+    try:
+        client.get_model_version(name, version)
+        return True
+    except MlflowException:
+        return False
 
 
 def _registered_model_exists(client: MlflowClient, name: str) -> bool:
