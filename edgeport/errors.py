@@ -18,6 +18,7 @@ working for callers that do not know edgeport.
     ├── RuntimeLoadError                   ONNX Runtime cannot load a model (opset, op type)
     ├── BenchmarkError                     the benchmark runner crashed, hung or returned garbage
     ├── TargetError (ValueError)           unknown target, execution provider or provider option
+    ├── DeploymentError                    `edgeport deploy` / `notify-checkpoint`: no Prefect server, a deployment or work pool refused
     ├── ServerError                        `edgeport servers`: a local MLflow / Prefect server cannot be started or stopped
     │   ├── PortInUseError (OSError)       the port a server should bind is taken
     │   ├── ServerStartError               a server exited during start-up or stayed unhealthy (log tail in the message)
@@ -90,6 +91,11 @@ class BenchmarkError(EdgeportError):
 
 class TargetError(EdgeportError, ValueError):
     """An unknown target, execution provider, or provider option."""
+
+
+class DeploymentError(EdgeportError):
+    """Prefect deployments, work pools or events (``edgeport deploy``, ``edgeport notify-checkpoint``):
+    no Prefect server to talk to, or it refused a work pool, deployment or event."""
 
 
 class ServerError(EdgeportError):
