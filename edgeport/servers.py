@@ -268,6 +268,7 @@ def mlflow_server_command(
     *,
     workers: int = 1,
     allowed_hosts: str | None = None,
+    default_artifact_root: str | None = None,
 ) -> list[str]:
     """The ``mlflow server`` command line edgeport runs (argv list, ``python -m mlflow server ...``).
 
@@ -283,6 +284,10 @@ def mlflow_server_command(
         workers: uvicorn worker processes; 1 for a sqlite store (one writer at a time).
         allowed_hosts: ``--allowed-hosts`` value (Host headers accepted besides localhost and
             private IPs, MLflow's DNS-rebinding protection); None leaves MLflow's default.
+        default_artifact_root: ``--default-artifact-root`` for new experiments; None (the
+            servers' default) gives them the proxied root ``mlflow-artifacts:/``.
+            ``mlflow/server.sh`` sets it to browse the embedded store, whose experiments keep
+            local artifact paths that edgeport also writes to directly.
 
     ``mlflow/compose.yaml`` runs the same flags (checked by ``tests/test_servers.py``).
     """
@@ -297,6 +302,8 @@ def mlflow_server_command(
     ]  # fmt: skip
     if allowed_hosts:
         cmd += ["--allowed-hosts", allowed_hosts]
+    if default_artifact_root:
+        cmd += ["--default-artifact-root", default_artifact_root]
     return cmd
 
 

@@ -254,3 +254,66 @@ def test_down_leaves_no_process_and_frees_ports(servers, in_servers_home: Server
 
 def _flag_names(argv: list[str]) -> set[str]:
     return {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+
+MLFLOW_DIR = REPO / "mlflow"
+_VAR = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-[^}]*)?\}")  # ${VAR}, not the $${VAR} escape
+
+
+def _env_example() -> dict[str, str]:
+    values = {}
+    for line in (MLFLOW_DIR / ".env.example").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, sep, value = line.partition("=")
+            assert sep, f".env.example: not KEY=VALUE: {line!r}"
+            values[key.strip()] = value.strip()
+    return values
+
+
+def test_compose_file_is_complete():
+    """The production compose file parses and has the services, health checks and start order."""
+    text = (MLFLOW_DIR / "compose.yaml").read_text()
+    compose = yaml.safe_load(text)
+    services = compose["services"]
+    assert set(services) == {"postgres", "minio", "create-bucket", "mlflow"}
+    for name in ("postgres", "minio", "mlflow"):
+        check = services[name]["healthcheck"]
+        assert check["test"][0] in ("CMD", "CMD-SHELL") and check["retries"] >= 3
+    assert services["mlflow"]["depends_on"] == {
+        "postgres": {"condition": "service_healthy"},
+        "minio": {"condition": "service_healthy"},
+        "create-bucket": {"condition": "service_completed_successfully"},
+    }
+    assert services["create-bucket"]["depends_on"] == {"minio": {"condition": "service_healthy"}}
+    assert "mc mb --ignore-existing" in " ".join(services["create-bucket"]["entrypoint"])
+    env = services["mlflow"]["environment"]
+    assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(env)
+    assert "psycopg2-binary==" in services["mlflow"]["build"]["dockerfile_inline"]
+    # Published ports on the host's loopback only.
+    for service in services.values():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), port
+
+    # Every ${VAR} the file uses is defined (non-empty) in .env.example, and nothing there is unused.
+    used = set(_VAR.findall(text))
+    defined = _env_example()
+    assert used - set(defined) == set(), f"undefined in .env.example: {sorted(used - set(defined))}"
+    assert set(defined) - used == set(), f"unused in compose.yaml: {sorted(set(defined) - used)}"
+    assert all(defined.values())
+
+
+def test_compose_mlflow_command_matches_servers():
+    """The compose MLflow command line uses the flags edgeport.servers builds (+ --allowed-hosts)."""
+    compose = yaml.safe_load((MLFLOW_DIR / "compose.yaml").read_text())
+    command = [str(a) for a in compose["services"]["mlflow"]["command"]]
+    assert command[:2] == ["mlflow", "server"]
+    local = mlflow_server_command("sqlite:///x.db", "/tmp/artifacts", "127.0.0.1", 5000, allowed_hosts="localhost")
+    assert local[1:4] == ["-m", "mlflow", "server"]
+    assert _flag_names(command) == _flag_names(local)
+    values = dict(zip(command, command[1:]))
+    assert values["--backend-store-uri"].startswith("postgresql://")
+    assert values["--artifacts-destination"].startswith("s3://")
+    assert "--serve-artifacts" in command
+    # mlflow/server.sh takes its command line from the same builder.
+    assert "mlflow_server_command" in (MLFLOW_DIR / "server.sh").read_text()
+    assert not (MLFLOW_DIR / "__init__.py").exists()  # would shadow the real mlflow package
