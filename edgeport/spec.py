@@ -575,6 +575,94 @@ class RetrySpec(_Strict):
     )
 
 
+class SearchObjectiveSpec(_Strict):
+    """What the search minimises: p50 latency (ms) on one target at one batch size."""
+
+    target: str | None = Field(default=None, description="Target the trials are benchmarked on; default: the first of `targets`.")
+    batch_size: int | None = Field(default=None, ge=1, description="Batch size of the p50; default: benchmark.primary_batch_size.")
+
+
+class SearchSpaceSpec(_Strict):
+    """The static INT8 settings the search combines (each a list of candidate values; the first
+    value of every list is the base configuration the sensitivity analysis quantizes)."""
+
+    calibration_methods: list[Literal["MinMax", "Entropy", "Percentile"]] = Field(
+        default_factory=lambda: ["MinMax"], min_length=1, description="Calibration methods; ranges are computed once per method (and op types)."
+    )
+    per_channel: list[bool] = Field(default_factory=lambda: [True], min_length=1)
+    activation_types: list[Literal["QInt8", "QUInt8"]] = Field(default_factory=lambda: ["QUInt8"], min_length=1)
+    weight_types: list[Literal["QInt8", "QUInt8"]] = Field(default_factory=lambda: ["QInt8"], min_length=1)
+    formats: list[Literal["QDQ", "QOperator"]] = Field(default_factory=lambda: ["QDQ"], min_length=1)
+    reduce_range: list[bool] = Field(default_factory=lambda: [False], min_length=1)
+    op_types_to_quantize: list[list[str] | None] = Field(
+        default_factory=lambda: [None], min_length=1, description="Op-type sets, e.g. [null, [MatMul]] (null = all the quantizer supports)."
+    )
+    exclude_top_k: list[int] = Field(
+        default_factory=lambda: [0, 1, 2, 4, 8],
+        min_length=1,
+        description="How many of the most sensitive nodes (sensitivity ranking) stay in float.",
+    )
+
+    @field_validator("exclude_top_k")
+    @classmethod
+    def _non_negative(cls, value: list[int]) -> list[int]:
+        if any(k < 0 for k in value):
+            raise ValueError(f"exclude_top_k values must be >= 0, got {value}")
+        return value
+
+    @field_validator("op_types_to_quantize")
+    @classmethod
+    def _non_empty_sets(cls, value: list[list[str] | None]) -> list[list[str] | None]:
+        if any(v is not None and not v for v in value):
+            raise ValueError(f"an op-type set must name at least one op type (or be null for all), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _unique(self) -> SearchSpaceSpec:
+        for name in type(self).model_fields:
+            values = [json.dumps(v) for v in getattr(self, name)]
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name}: values must be unique, got {getattr(self, name)}")
+        return self
+
+
+class SensitivitySpec(_Strict):
+    """Per-node sensitivity analysis (:mod:`tasks.sensitivity`): leave a group / node in float,
+    measure the recovery vs the fully quantized base configuration on a capped subset."""
+
+    num_samples: int = Field(default=64, ge=1, description="Evaluation samples used (the first N).")
+    max_single_nodes: int = Field(
+        default=24, ge=1, description="Up to this many candidate nodes: measure every node alone, no grouping."
+    )
+    group_by: list[Literal["block", "role", "op_type"]] = Field(
+        default_factory=lambda: ["block", "role"],
+        min_length=1,
+        description="Groupings measured first: block (name prefix up to `layer.N`), role (name with the block index "
+        "wildcarded: the same layer in every block), op_type.",
+    )
+    refine_groups: int = Field(default=2, ge=1, description="Worst groups whose nodes are then measured one by one.")
+
+
+class SearchSpec(_Strict):
+    """Accuracy-aware search over static INT8 configurations (:mod:`tasks.search`).
+
+    The quality budget is the ``evaluation`` gate (``max_drop`` for top1, ``min_cosine`` for
+    cosine); the winner is the fastest trial (``objective``) within it, added as variant ``name``.
+    """
+
+    name: str = Field(default="int8-search", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Variant name of the winner.")
+    parent: Literal["fp32", "fp32-optimized"] | None = Field(
+        default=None, description="FP32 model quantized; default fp32-optimized when `optimization` is set, else fp32."
+    )
+    objective: SearchObjectiveSpec = Field(default_factory=SearchObjectiveSpec)
+    space: SearchSpaceSpec = Field(default_factory=SearchSpaceSpec)
+    sensitivity: SensitivitySpec = Field(default_factory=SensitivitySpec)
+    max_trials: int = Field(default=16, ge=1, description="Trials (quantize + evaluate) at most.")
+    max_wall_time_s: float = Field(
+        default=1200.0, gt=0, description="No new trial starts after this many seconds (sensitivity included); benchmarks follow."
+    )
+
+
 class RegistrySpec(_Strict):
     """Where results are recorded: an MLflow tracking URI, experiment and registered model."""
 
@@ -604,6 +692,7 @@ class PipelineSpec(_Strict):
     targets: list[TargetSpec] = Field(default_factory=lambda: [TargetSpec()], min_length=1)
     benchmark: BenchmarkSpec = Field(default_factory=BenchmarkSpec)
     registry: RegistrySpec
+    search: SearchSpec | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineSpec:
@@ -630,11 +719,25 @@ class PipelineSpec(_Strict):
             raise ValueError(
                 f"registry.promotion.batch_size {promotion.batch_size} is not in benchmark.batch_sizes {self.benchmark.batch_sizes}"
             )
+        if self.search is not None:
+            self._check_search(variants, targets)
         declared = {d for i in self.inputs for d in i.dynamic_dims}
         for dim in self.export.dynamic_dims or []:
             if dim not in declared:
                 raise ValueError(f"export.dynamic_dims names {dim!r}, which no input shape declares ({sorted(declared)})")
         return self
+
+    def _check_search(self, variants: list[str], targets: list[str]) -> None:
+        search = self.search
+        if search.name in variants:
+            raise ValueError(f"search.name {search.name!r} is already a variant name ({variants})")
+        missing = [s for s in ("calibration", "evaluation") if getattr(self, s) is None]
+        if missing:
+            raise ValueError(f"search needs the sections {missing} (calibration data and the quality budget)")
+        if search.parent == "fp32-optimized" and self.optimization is None:
+            raise ValueError("search.parent is fp32-optimized, but the spec has no `optimization` section")
+        if search.objective.target is not None and search.objective.target not in targets:
+            raise ValueError(f"search.objective.target {search.objective.target!r} is not one of the targets {targets}")
 
     @property
     def dynamic_dims(self) -> list[str]:

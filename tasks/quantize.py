@@ -261,6 +261,7 @@ def quantize_variant(
     fp32_path: str | Path,
     output_dir: str | Path,
     parent: str = "fp32",
+    calibration_cache: str | Path | None = None,
 ) -> QuantizeResult:
     """Build one quantized variant from an FP32 model.
 
@@ -270,6 +271,9 @@ def quantize_variant(
         fp32_path: the validated FP32 ONNX model it is built from (the export, or the fused model).
         output_dir: where ``<variant>.onnx`` (and the shared pre-processed model) are written.
         parent: name of the FP32 variant ``fp32_path`` is (recorded in ``settings["parent"]``).
+        calibration_cache: static only: an existing calibration cache
+            (:func:`edgeport.calibration.write_calibration_cache` of the pre-processed parent,
+            same method and op types) to quantize with instead of calibrating again.
 
     Returns:
         :class:`QuantizeResult`.
@@ -300,7 +304,7 @@ def quantize_variant(
         settings.update(bits=4, algorithm=r.settings["algorithm"], matmul_float=r.matmul_float)
         ops = r.op_counts
     else:
-        _quantize_int8(spec, variant, fp32_path, parent, output_dir, out, settings)
+        _quantize_int8(spec, variant, fp32_path, parent, output_dir, out, settings, calibration_cache)
         ops = count_ops(out)
     elapsed = time.perf_counter() - start
     op_counts = {k: v for k, v in sorted(ops.items()) if k in QUANT_OPS}
@@ -330,6 +334,7 @@ def _quantize_int8(
     output_dir: Path,
     out: Path,
     settings: dict[str, Any],
+    calibration_cache: str | Path | None = None,
 ) -> None:
     """quantize_static (on a fresh chunked-calibration cache) or quantize_dynamic, into ``out``."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
@@ -349,20 +354,25 @@ def _quantize_int8(
         cal = spec.calibration
         if cal is None:  # PipelineSpec's validator refuses this; kept for direct callers
             raise QuantizationError(f"static variant {variant.name!r} needs a `calibration` section")
-        arrays = load_input_arrays(cal.dataset, spec.inputs, "calibration.dataset", cal.num_samples)
         method = settings["calibration_method"]
-        cache = output_dir / f"{variant.name}.calibration.json"  # fresh per variant: ORT would reuse any file there
-        cache.unlink(missing_ok=True)
-        calibration = write_calibration_cache(
+        if calibration_cache is not None:  # precomputed (the search calibrates once per method)
+            if not Path(calibration_cache).is_file():
+                raise QuantizationError(f"variant {variant.name!r}: calibration cache not found: {calibration_cache}")
+            cache = Path(calibration_cache)
+            settings["calibration_cache"] = str(cache)
+        else:
+            cache = output_dir / f"{variant.name}.calibration.json"  # fresh per variant: ORT would reuse any file there
+            cache.unlink(missing_ok=True)
+        calibration = None if calibration_cache is not None else write_calibration_cache(
             pre,
-            arrays,
+            load_input_arrays(cal.dataset, spec.inputs, "calibration.dataset", cal.num_samples),
             cache,
             method=method,
             chunk_size=cal.effective_chunk_size,
             op_types_to_calibrate=variant.op_types_to_quantize,
             extra_options=cal.extra_options,
         )
-        settings["calibration_s"] = calibration.calibrate_s
+        settings["calibration_s"] = calibration.calibrate_s if calibration is not None else 0.0
         try:
             quantize_static(
                 pre,
@@ -386,4 +396,39 @@ def _quantize_int8(
 # --- Prefect wrapper -------------------------------------------------------------------------
 from prefect import task  # noqa: E402
 
-quantize_task = task(quantize_variant, name="quantize", retries=0, task_run_name="quantize-{variant.name}")
+from tasks import cache as _cache  # noqa: E402
+
+
+def _quantize_cache_key(context: object, parameters: dict) -> str | None:
+    """Prefect cache key: sha256 of the FP32 parent (and of a given calibration cache), the
+    variant's settings, the inputs and calibration sections, the calibration data's sha256, the
+    output folder and library versions (:mod:`tasks.cache`). None (no caching) when the parent
+    is missing: the step then fails with its own error."""
+    spec: PipelineSpec = parameters["spec"]
+    variant: QuantizationVariantSpec = parameters["variant"]
+    parent_sha = _cache.file_digest(parameters["fp32_path"])
+    if parent_sha is None:
+        return None
+    return _cache.step_key(
+        "quantize",
+        parent_sha256=parent_sha,
+        parent=parameters.get("parent", "fp32"),
+        variant=variant.model_dump(mode="json"),
+        sections=_cache.sections(spec, "inputs", "calibration"),
+        data=_cache.data_digests(spec),
+        calibration_cache=_cache.file_digest(parameters.get("calibration_cache")),
+        output_dir=str(Path(parameters["output_dir"]).resolve()),
+        versions=_cache.library_versions(),
+    )
+
+
+#: Deterministic: no retries. Cached (persisted result) on the parent's sha256 + settings, so a
+#: re-run resumes; the flow re-quantizes when the cached model file is gone or changed.
+quantize_task = task(
+    quantize_variant,
+    name="quantize",
+    retries=0,
+    task_run_name="quantize-{variant.name}",
+    cache_key_fn=_quantize_cache_key,
+    persist_result=True,
+)

@@ -1,0 +1,760 @@
+"""Accuracy-aware quantization search: the fastest static INT8 configuration within the quality budget.
+
+The spec's ``search`` section (:class:`edgeport.spec.SearchSpec`) gives the space (calibration
+methods, per-channel, activation / weight types, QDQ / QOperator, reduce_range, op-type sets,
+``exclude_top_k``), the objective (p50 on one target at one batch size) and the limits
+(``max_trials``, ``max_wall_time_s``). The quality budget is the ``evaluation`` gate
+(``max_drop`` for top1, ``min_cosine`` for cosine).
+
+Strategy (:func:`plan_trials` and :func:`run_search`):
+
+1. **Sensitivity** (:mod:`tasks.sensitivity`) of the *base* configuration (the first value of
+   every space list): a ranking of the nodes by how much quality their quantization costs.
+2. **Phase 1**: the base configuration with the ``k`` most sensitive nodes left in float, for
+   ``k`` in ``exclude_top_k`` ascending, until one passes the gate (``k_min``): NNCF's
+   accuracy-aware "revert the worst quantizers until the metric is met".
+3. **Phase 2**: every other combination of the space (``itertools.product`` order), each starting
+   at ``k_min`` (the first ``k`` when phase 1 found none) and raising ``k`` until it passes. The
+   ranking is the base's, filtered to the combination's op types.
+4. Every trial (quantize + evaluate on the full evaluation set) is a Prefect task cached on its
+   configuration hash with a persisted result: a re-run resumes (the trials show as Cached).
+   Calibration ranges are computed once per (calibration method, op-type set), as an ONNX
+   Runtime calibration cache (:func:`edgeport.calibration.write_calibration_cache`) that every
+   trial's ``quantize_static`` reads, so trials differing in exclusions, per-channel, types or
+   format never recalibrate.
+5. Trials that pass the gate are benchmarked on the objective target together with the FP32
+   reference(s) (``fp32``, ``fp32-optimized``), interleaved in rounds by
+   :func:`tasks.benchmark.benchmark_target`, so "faster than FP32" is measured in the same
+   conditions. The **winner is the fastest passing trial** (lowest p50), not the first one
+   to pass; the pareto set (p50 vs quality) is reported.
+
+The winner (validated against its FP32 parent) joins the pipeline's variants as ``search.name``
+with its ``search`` provenance, so registration, the challenger alias and the report apply to
+it. With no passing trial nothing is returned, every trial's numbers are kept, and the flow
+registers nothing (``edgeport run`` exits 2).
+
+Files: ``<output>/search/``: ``search.json`` (the summary), ``trials.json``, ``sensitivity.json``
+/ ``.png``, ``pareto.png``; trial models and calibration caches are content-addressed under
+``$EDGEPORT_HOME/cache/search/<key>/`` so they survive a new output folder.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from edgeport.checkpoint import file_sha256
+from edgeport.errors import EdgeportError, QuantizationError, RegistryError, RegistryUnavailable
+from edgeport.home import edgeport_home
+from edgeport.spec import PipelineSpec, QuantizationVariantSpec, spec_digest
+
+logger = logging.getLogger("edgeport.search")
+
+__all__ = [
+    "SPACE_KEYS",
+    "calibrate_task",
+    "log_search",
+    "log_search_task",
+    "plan_trials",
+    "plot_pareto",
+    "run_search",
+    "select_winner",
+    "sensitivity_task",
+    "trial_task",
+]
+
+#: Trial settings from the space: (space field, QuantizationVariantSpec field).
+SPACE_KEYS = (
+    ("calibration_methods", "calibration_method"),
+    ("per_channel", "per_channel"),
+    ("activation_types", "activation_type"),
+    ("weight_types", "weight_type"),
+    ("formats", "format"),
+    ("reduce_range", "reduce_range"),
+    ("op_types_to_quantize", "op_types_to_quantize"),
+)
+
+
+def search_cache_dir() -> Path:
+    """``$EDGEPORT_HOME/cache/search``."""
+    return edgeport_home() / "cache" / "search"
+
+
+def _settings_hash(settings: dict[str, Any]) -> str:
+    return spec_digest(settings)[:12]
+
+
+def configurations(spec: PipelineSpec) -> list[dict[str, Any]]:
+    """Every combination of the space without ``exclude_top_k`` (base first, product order)."""
+    space = spec.search.space
+    names = [field for _, field in SPACE_KEYS]
+    values = [getattr(space, key) for key, _ in SPACE_KEYS]
+    return [dict(zip(names, combo)) for combo in itertools.product(*values)]
+
+
+def plan_trials(config: dict[str, Any], ks: list[int], start_k: int | None) -> list[int]:
+    """The ``exclude_top_k`` values to try for one configuration, in order: ascending from
+    ``start_k`` (from the smallest when None), stopping at the first that passes (the caller's job)."""
+    ordered = sorted(ks)
+    if start_k is None:
+        return ordered
+    return [k for k in ordered if k >= start_k] or ordered[-1:]
+
+
+def _variant(config: dict[str, Any], name: str, nodes_to_exclude: list[str]) -> QuantizationVariantSpec:
+    return QuantizationVariantSpec(
+        name=name,
+        mode="static",
+        nodes_to_exclude=list(nodes_to_exclude),
+        **{k: (list(v) if isinstance(v, list) else v) for k, v in config.items()},
+    )
+
+
+def exclusions(ranking: list[dict[str, Any]], config: dict[str, Any], k: int) -> list[str]:
+    """The ``k`` most sensitive nodes of ``ranking`` whose op type ``config`` quantizes."""
+    allowed = set(config["op_types_to_quantize"]) if config["op_types_to_quantize"] else None
+    nodes = [r["node"] for r in ranking if allowed is None or r["op_type"] in allowed]
+    return nodes[:k]
+
+
+# --------------------------------------------------------------------------- Prefect tasks
+
+
+def _key_from_parameter(context: object, parameters: dict[str, Any]) -> str:
+    """Prefect ``cache_key_fn``: the content key the caller computed (``key`` parameter)."""
+    return str(parameters["key"])
+
+
+def calibrate(spec: PipelineSpec, pre_path: str, cache_path: str, method: str, op_types: list[str] | None, key: str) -> dict[str, Any]:
+    """Calibrate the pre-processed parent once for (``method``, ``op_types``) into ``cache_path``.
+
+    Returns:
+        :class:`edgeport.calibration.CalibrationResult` as a dict.
+
+    Raises:
+        DataError, QuantizationError: see :func:`edgeport.calibration.write_calibration_cache`.
+    """
+    from dataclasses import asdict
+
+    from edgeport.calibration import write_calibration_cache
+    from edgeport.data import load_input_arrays
+
+    cal = spec.calibration
+    arrays = load_input_arrays(cal.dataset, spec.inputs, "calibration.dataset", cal.num_samples)
+    Path(cache_path).unlink(missing_ok=True)
+    result = write_calibration_cache(
+        pre_path, arrays, cache_path, method=method, chunk_size=cal.effective_chunk_size,
+        op_types_to_calibrate=op_types, extra_options=cal.extra_options,
+    )
+    return asdict(result)
+
+
+def sensitivity(
+    spec: PipelineSpec, base: QuantizationVariantSpec, fp32_path: str, parent: str, work_dir: str, calibration_cache: str, key: str
+) -> dict[str, Any]:
+    """:func:`tasks.sensitivity.analyze_sensitivity` (the Prefect task caches it on ``key``)."""
+    from tasks.sensitivity import analyze_sensitivity
+
+    return analyze_sensitivity(spec, base, fp32_path, parent, work_dir, calibration_cache, spec.search.sensitivity)
+
+
+def run_trial(
+    spec: PipelineSpec,
+    trial: dict[str, Any],
+    fp32_path: str,
+    parent: str,
+    work_dir: str,
+    calibration_cache: str,
+    reference: dict[str, Any],
+    key: str,
+) -> dict[str, Any]:
+    """Quantize one configuration (reading the shared calibration cache) and evaluate it on the full
+    evaluation set against the FP32 ``reference`` (the gate of ``evaluation``).
+
+    Args:
+        trial: ``{"trial_id", "settings": config + exclude_top_k, "nodes_to_exclude"}``.
+
+    Returns:
+        ``{"path", "sha256", "size_bytes", "op_counts", "quantization" (exact settings),
+        "evaluation" (see :func:`tasks.evaluate.evaluate_model`), "quantize_s", "evaluate_s"}``.
+
+    Raises:
+        QuantizationError, DataError, RuntimeLoadError: the trial cannot be built or run.
+    """
+    from tasks.evaluate import evaluate_model
+    from tasks.quantize import quantize_variant
+
+    config = {k: v for k, v in trial["settings"].items() if k != "exclude_top_k"}
+    variant = _variant(config, trial["trial_id"], trial["nodes_to_exclude"])
+    q = quantize_variant(spec, variant, fp32_path, work_dir, parent=parent, calibration_cache=calibration_cache)
+    start = time.perf_counter()
+    evaluation = evaluate_model(spec, q.onnx_path, trial["trial_id"], Path(work_dir) / "evaluation", reference=reference)
+    return {
+        "path": q.onnx_path,
+        "sha256": q.sha256,
+        "size_bytes": q.size_bytes,
+        "op_counts": q.op_counts,
+        "quantization": q.settings,
+        "evaluation": evaluation,
+        "quantize_s": q.quantize_s,
+        "evaluate_s": round(time.perf_counter() - start, 3),
+    }
+
+
+def _retry_unless_deterministic(task_: Any, task_run: Any, state: Any) -> bool:
+    """Retry a trial only on unexpected errors (a QuantizationError/DataError would fail again)."""
+    try:
+        state.result()
+    except EdgeportError:
+        return False
+    except BaseException:  # noqa: BLE001
+        return True
+    return False
+
+
+#: Calibration once per (method, op types): cached on the parent, data and settings.
+calibrate_task = task(
+    calibrate, name="search-calibrate", cache_key_fn=_key_from_parameter, persist_result=True, retries=0,
+    task_run_name="search-calibrate-{method}",
+)
+#: Sensitivity of the base configuration: cached on the base settings, data and sensitivity settings.
+sensitivity_task = task(sensitivity, name="search-sensitivity", cache_key_fn=_key_from_parameter, persist_result=True, retries=0)
+#: One trial (quantize + evaluate): retriable, cached on the configuration hash (persisted result).
+trial_task = task(
+    run_trial,
+    name="search-trial",
+    cache_key_fn=_key_from_parameter,
+    persist_result=True,
+    retries=1,
+    retry_delay_seconds=1,
+    retry_condition_fn=_retry_unless_deterministic,
+    task_run_name="search-trial-{trial[trial_id]}",
+)
+
+
+def _call_cached(task_obj: Any, check_path: str, **kwargs: Any) -> tuple[Any, bool]:
+    """Run a cached task; (result, cached). A cached result whose file is gone is recomputed.
+
+    Raises:
+        the task's exception when it failed.
+    """
+    state = task_obj(**kwargs, return_state=True)
+    result = state.result()
+    cached = state.name == "Cached"
+    path = result.get(check_path) if isinstance(result, dict) else None
+    if cached and path and not Path(path).is_file():
+        result = task_obj.with_options(refresh_cache=True)(**kwargs)
+        cached = False
+    return result, cached
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def quality_of(trial: dict[str, Any]) -> float | None:
+    """The trial's gate metric value (top-1 or mean cosine), or None when not evaluated."""
+    ev = trial.get("evaluation") or {}
+    return ev.get("value")
+
+
+def select_winner(trials: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, list[str]]:
+    """The fastest trial within the budget, and the pareto set.
+
+    Args:
+        trials: records with ``trial_id``, ``passed_quality`` (bool), ``p50_ms`` (float or None:
+            not benchmarked or benchmark not ok) and ``evaluation.value``.
+
+    Returns:
+        ``(winner, pareto)``: the passing trial with the lowest ``p50_ms`` (None when no trial
+        passed and was benchmarked); the ``trial_id`` of every benchmarked trial that no other
+        benchmarked trial dominates (p50 <= and quality >=, one strictly:
+        :func:`tasks.report.pareto_front`), fastest first.
+    """
+    from tasks.report import pareto_front
+
+    timed = [t for t in trials if t.get("p50_ms") is not None and quality_of(t) is not None]
+    front = pareto_front([(t["p50_ms"], quality_of(t)) for t in timed])
+    passing = [t for t in timed if t.get("passed_quality")]
+    winner = min(passing, key=lambda t: t["p50_ms"]) if passing else None
+    return winner, [timed[i]["trial_id"] for i in front]
+
+
+def plot_pareto(summary: dict[str, Any], path: str | Path) -> str | None:
+    """Latency vs quality of every trial (pareto front highlighted, FP32 reference(s) marked, the
+    quality budget drawn, the winner starred) into ``path`` (PNG); None without data."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    trials = summary["trials"]
+    timed = [t for t in trials if t.get("p50_ms") is not None and quality_of(t) is not None]
+    refs = [r for r in summary["references"] if r.get("p50_ms") is not None and r.get("quality") is not None]
+    if not timed and not refs:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    if timed:
+        ax.scatter([t["p50_ms"] for t in timed], [quality_of(t) for t in timed], c="tab:blue", s=36, label="trials (benchmarked)")
+    front = [t for t in timed if t["trial_id"] in summary["pareto"]]
+    front.sort(key=lambda t: t["p50_ms"])
+    if front:
+        ax.plot([t["p50_ms"] for t in front], [quality_of(t) for t in front], "k--", lw=1)
+        ax.scatter([t["p50_ms"] for t in front], [quality_of(t) for t in front], s=200, facecolors="none", edgecolors="k", label="pareto front")
+    xs = [t["p50_ms"] for t in timed] + [r["p50_ms"] for r in refs]
+    failed = [t for t in trials if t.get("p50_ms") is None and quality_of(t) is not None]
+    if failed:
+        x_fail = max(xs) * 1.15 if xs else 1.0
+        ax.scatter([x_fail] * len(failed), [quality_of(t) for t in failed], marker="x", c="tab:red", label="failed the gate (not benchmarked)")
+    for r in refs:
+        ax.scatter([r["p50_ms"]], [r["quality"]], marker="D", c="tab:green", s=60)
+        ax.annotate(r["name"], (r["p50_ms"], r["quality"]), textcoords="offset points", xytext=(4, -10), fontsize=8)
+    winner = summary.get("winner")
+    if winner:
+        w = next(t for t in trials if t["trial_id"] == winner["trial_id"])
+        ax.scatter([w["p50_ms"]], [quality_of(w)], marker="*", c="gold", edgecolors="k", s=260, label=f"winner {w['trial_id']}", zorder=5)
+    if summary.get("quality_threshold") is not None:
+        ax.axhline(summary["quality_threshold"], color="tab:red", lw=0.8, ls=":", label="quality budget")
+    obj = summary["objective"]
+    ax.set_xlabel(f"p50 latency (ms) on {obj['target']} at batch {obj['batch_size']}")
+    ax.set_ylabel(summary["metric"])
+    ax.set_title(f"Quantization search: {len(trials)} trials", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+# --------------------------------------------------------------------------- the search
+
+
+def _in_prefect_run() -> bool:
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower())
+
+
+def _threshold(spec: PipelineSpec, reference: dict[str, Any]) -> float:
+    ev = spec.evaluation
+    if ev.metric == "cosine":
+        return ev.min_cosine
+    floor = reference["value"] - ev.max_drop
+    return max(floor, ev.min_value) if ev.min_value is not None else floor
+
+
+def trial_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One flat row per trial (settings, quality, p50) for tables and artifacts."""
+    rows = []
+    for t in summary["trials"]:
+        s = t["settings"]
+        rows.append({
+            "trial": t["trial_id"],
+            "phase": t["phase"],
+            "calibration": s["calibration_method"],
+            "per_channel": s["per_channel"],
+            "act/weight": f"{s['activation_type']}/{s['weight_type']}",
+            "format": s["format"],
+            "reduce_range": s["reduce_range"],
+            "op_types": ",".join(s["op_types_to_quantize"]) if s["op_types_to_quantize"] else "all",
+            "exclude_top_k": s["exclude_top_k"],
+            summary["metric"]: None if quality_of(t) is None else round(quality_of(t), 5),
+            "passed": t["passed_quality"],
+            "p50_ms": None if t.get("p50_ms") is None else round(t["p50_ms"], 4),
+            "cached": t["cached"],
+            "status": t["status"],
+        })
+    return rows
+
+
+def run_search(spec: PipelineSpec, variants: list[dict[str, Any]], output_dir: str | Path) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """Run the search of ``spec.search`` (see the module docs) inside the pipeline flow.
+
+    Args:
+        spec: the pipeline spec with a ``search`` section (and ``calibration``, ``evaluation``).
+        variants: the pipeline's variant records so far; ``fp32`` (and ``fp32-optimized``) must be
+            validated and ``fp32`` evaluated (its evaluation is the reference of the gate).
+        output_dir: the pipeline's output folder; the search writes into ``<output_dir>/search``.
+
+    Returns:
+        ``(record, summary)``: the winner's variant record (name ``search.name``, kind
+        ``static_int8``, with ``quantization``, ``evaluation``, ``validation`` and ``search``
+        provenance ``{search_id, trial_id, settings_hash, num_trials}``), or None when no trial
+        passed; the summary (``search.json``): ``search_id``, ``objective``, ``metric``,
+        ``quality_threshold``, ``sensitivity`` (paths, probes, top nodes), ``calibrations``
+        (computed in this run; cached ones not counted) and ``calibrations_cached``, ``trials``
+        (every trial's settings, quality, p50, status, cached), ``references`` (FP32 p50 and
+        quality), ``pareto`` (trial ids), ``winner``, ``stopped`` (why the trial loop ended),
+        ``elapsed_s``, ``files``.
+
+    Raises:
+        SpecError: no search section.
+        QuantizationError, DataError: the base configuration cannot be calibrated or quantized.
+    """
+    from edgeport.errors import SpecError
+    from tasks.benchmark import benchmark_target_task
+    from tasks.quantize import preprocess
+    from tasks.sensitivity import write_report
+    from tasks.validate import validate_task
+
+    search = spec.search
+    if search is None:
+        raise SpecError("run_search: the spec has no `search` section")
+    t0 = time.perf_counter()
+    out = Path(output_dir) / "search"
+    out.mkdir(parents=True, exist_ok=True)
+    by_name = {v["name"]: v for v in variants}
+    parent_name = search.parent or ("fp32-optimized" if "fp32-optimized" in by_name else "fp32")
+    parent = by_name[parent_name]
+    reference = by_name["fp32"]["evaluation"]
+    if reference is None:
+        raise SpecError("run_search: the fp32 variant has no evaluation (the spec needs an `evaluation` section)")
+    cal, ev = spec.calibration, spec.evaluation
+    data_key = {
+        "parent_sha256": parent["sha256"],
+        "calibration": cal.model_dump(mode="json"),
+        "calibration_sha256": file_sha256(cal.dataset),
+    }
+    work = search_cache_dir() / spec_digest(data_key)[:16]
+    work.mkdir(parents=True, exist_ok=True)
+    eval_key = {"evaluation": ev.model_dump(mode="json"), "sha256": file_sha256(ev.dataset), "reference": reference["value"]}
+    search_id = spec_digest({**data_key, "evaluation": eval_key, "search": search.model_dump(mode="json")})[:12]
+    target = next(t for t in spec.targets if t.name == (search.objective.target or spec.targets[0].name))
+    batch = search.objective.batch_size or spec.benchmark.primary
+    pre = preprocess(parent["path"], work / f"{parent_name}-preprocessed.onnx")
+
+    calibrations: dict[str, str] = {}
+    counts = {"computed": 0, "cached": 0}
+
+    def calibration_for(config: dict[str, Any]) -> str:
+        ops = config["op_types_to_quantize"]
+        ckey = spec_digest({"work": str(work), "method": config["calibration_method"], "ops": ops, **data_key})[:16]
+        if ckey not in calibrations:
+            path = str(work / f"calibration-{config['calibration_method']}-{ckey}.json")
+            result, cached = _call_cached(
+                calibrate_task, "cache_path", spec=spec, pre_path=pre, cache_path=path,
+                method=config["calibration_method"], op_types=ops, key=f"edgeport-search-calibrate-{ckey}",
+            )
+            counts["cached" if cached else "computed"] += 1
+            calibrations[ckey] = result["cache_path"]
+        return calibrations[ckey]
+
+    configs = configurations(spec)
+    base_config = configs[0]
+    base = _variant(base_config, "sensitivity-base", [])
+    skey = spec_digest({"work": str(work), "base": base.model_dump(mode="json"), "sens": search.sensitivity.model_dump(mode="json"), "eval": eval_key})[:16]
+    sens = sensitivity_task(
+        spec=spec, base=base, fp32_path=parent["path"], parent=parent_name, work_dir=str(work),
+        calibration_cache=calibration_for(base_config), key=f"edgeport-search-sensitivity-{skey}",
+    )
+    sens_files = write_report(sens, out)
+    ranking = sens["ranking"]
+
+    trials: list[dict[str, Any]] = []
+    stopped = "space exhausted"
+
+    def limit_reached() -> str | None:
+        if len(trials) >= search.max_trials:
+            return f"max_trials ({search.max_trials})"
+        if time.perf_counter() - t0 > search.max_wall_time_s:
+            return f"max_wall_time_s ({search.max_wall_time_s:g} s)"
+        return None
+
+    def attempt(config: dict[str, Any], k: int, phase: int) -> bool | None:
+        """Run one trial; True/False = passed the gate or not; None = a limit stopped it."""
+        if (why := limit_reached()) is not None:
+            return None
+        nodes = exclusions(ranking, config, k)
+        settings = {**config, "exclude_top_k": k}
+        shash = _settings_hash({**settings, "nodes_to_exclude": nodes})
+        trial = {"trial_id": f"trial-{shash}", "settings": settings, "nodes_to_exclude": nodes}
+        if any(t["trial_id"] == trial["trial_id"] for t in trials):  # k beyond the ranking: same exclusions
+            return next(t["passed_quality"] for t in trials if t["trial_id"] == trial["trial_id"])
+        record = {**trial, "settings_hash": shash, "phase": phase, "index": len(trials), "p50_ms": None, "benchmark": None}
+        try:
+            cache = calibration_for(config)
+            tkey = spec_digest({"work": str(work), "trial": trial, "eval": eval_key})[:24]
+            result, cached = _call_cached(
+                trial_task, "path", spec=spec, trial=trial, fp32_path=parent["path"], parent=parent_name,
+                work_dir=str(work), calibration_cache=cache, reference=reference, key=f"edgeport-search-trial-{tkey}",
+            )
+            passed = bool(result["evaluation"]["passed"])
+            record.update(result, cached=cached, passed_quality=passed, status="passed" if passed else "failed_quality", error=None)
+        except Exception as exc:  # noqa: BLE001 - a broken configuration is a result, not the end of the search
+            passed = False
+            record.update(cached=False, passed_quality=False, status="error", error=f"{type(exc).__name__}: {exc}"[:500], evaluation=None)
+            logger.warning("search trial %s failed: %s", trial["trial_id"], record["error"])
+        trials.append(record)
+        logger.info(
+            "search trial %s (phase %d, k=%d, %s): %s %s", record["trial_id"], phase, k,
+            {k2: v for k2, v in config.items()}, record["status"], quality_of(record),
+        )
+        return passed
+
+    ks = list(search.space.exclude_top_k)
+    k_min = None
+    for k in plan_trials(base_config, ks, None):  # phase 1: exclude the worst nodes until the budget is met
+        passed = attempt(base_config, k, 1)
+        if passed is None:
+            stopped = limit_reached() or stopped
+            break
+        if passed:
+            k_min = k
+            break
+    for config in configs[1:]:  # phase 2: the rest of the space
+        if limit_reached():
+            stopped = limit_reached()
+            break
+        for k in plan_trials(config, ks, k_min):
+            passed = attempt(config, k, 2)
+            if passed is None or passed:
+                break
+    stopped = limit_reached() or stopped
+
+    # Benchmarks: every passing trial with the FP32 reference(s), interleaved on the objective target.
+    references = [v for v in variants if v["kind"] == "fp32" and (v.get("validation") or {}).get("passed")]
+    passing = [t for t in trials if t["passed_quality"]]
+    bench_results: dict[str, list[dict[str, Any]]] = {}
+    if passing:
+        bspec = spec.model_copy(update={"benchmark": spec.benchmark.model_copy(update={"batch_sizes": [batch], "primary_batch_size": None})})
+        models = {r["name"]: r["path"] for r in references} | {t["trial_id"]: t["path"] for t in passing}
+        bench_results = benchmark_target_task(bspec, target, models, _samples(spec), str(out / "benchmarks"))
+    for t in passing:
+        entry = (bench_results.get(t["trial_id"]) or [None])[0]
+        t["benchmark"] = entry
+        t["p50_ms"] = entry["p50_ms"] if entry and entry.get("status") == "ok" else None
+    refs = []
+    for r in references:
+        entry = (bench_results.get(r["name"]) or [None])[0]
+        ev_r = r.get("evaluation") or (reference if r["name"] == "fp32" else None)
+        refs.append({
+            "name": r["name"],
+            "p50_ms": entry["p50_ms"] if entry and entry.get("status") == "ok" else None,
+            "quality": (ev_r or {}).get("value"),
+        })
+
+    # The fastest passing trial whose model also passes validation against its FP32 parent.
+    ranked = sorted([t for t in passing if t["p50_ms"] is not None], key=lambda t: t["p50_ms"])
+    _, pareto = select_winner(trials)
+    winner, record = None, None
+    for cand in ranked:
+        validation = validate_task(spec, cand["path"], reference_onnx=parent["path"], report_path=str(out / f"validation-{cand['trial_id']}.json"))
+        cand["validation"] = validation
+        if validation["passed"]:
+            winner = cand
+            break
+        logger.warning("search: trial %s is fastest but failed validation; trying the next", cand["trial_id"])
+
+    fastest_fp32 = min((r["p50_ms"] for r in refs if r["p50_ms"] is not None), default=None)
+    summary: dict[str, Any] = {
+        "search_id": search_id,
+        "name": search.name,
+        "parent": parent_name,
+        "objective": {"target": target.name, "batch_size": batch, "statistic": "p50_ms"},
+        "metric": ev.metric,
+        "quality_threshold": _threshold(spec, reference),
+        "work_dir": str(work),
+        "sensitivity": {
+            "probes": sens["probes"], "candidates": sens["candidates"], "num_samples": sens["num_samples"],
+            "analysis_s": sens["analysis_s"], "top": [r["node"] for r in ranking[:10]], **sens_files,
+        },
+        "calibrations": counts["computed"],
+        "calibrations_cached": counts["cached"],
+        "trials": [{k: v for k, v in t.items() if k not in ("validation",)} for t in trials],
+        "references": refs,
+        "pareto": pareto,
+        "winner": None,
+        "stopped": stopped,
+        "elapsed_s": None,
+    }
+    if winner is not None:
+        speedup = (fastest_fp32 / winner["p50_ms"]) if fastest_fp32 else None
+        summary["winner"] = {
+            "trial_id": winner["trial_id"], "settings_hash": winner["settings_hash"], "p50_ms": winner["p50_ms"],
+            "quality": quality_of(winner), "speedup_vs_fastest_fp32": speedup, "settings": winner["settings"],
+            "nodes_to_exclude": winner["nodes_to_exclude"],
+        }
+        record = _winner_record(spec, search.name, winner, parent, summary, len(trials), Path(output_dir))
+    summary["elapsed_s"] = round(time.perf_counter() - t0, 3)
+    plot = plot_pareto(summary, out / "pareto.png")
+    (out / "trials.json").write_text(json.dumps(trial_rows(summary), indent=2))
+    summary["files"] = {
+        "summary": str(out / "search.json"), "trials": str(out / "trials.json"), "pareto_plot": plot,
+        "sensitivity_json": sens_files["json"], "sensitivity_plot": sens_files["plot"],
+    }
+    (out / "search.json").write_text(json.dumps(summary, indent=2, default=str))
+    if _in_prefect_run():
+        _publish(spec, summary, ranking)
+    if winner is None:
+        logger.warning("search: no configuration meets the budget (%d trials, %s); nothing will be registered", len(trials), stopped)
+    else:
+        logger.info("search: winner %s, p50 %.4f ms, %s %.5f (%d trials)", winner["trial_id"], winner["p50_ms"], ev.metric, quality_of(winner), len(trials))
+    return record, summary
+
+
+def _samples(spec: PipelineSpec) -> str | None:
+    from edgeport.data import benchmark_samples_path
+
+    return benchmark_samples_path(spec)
+
+
+def _winner_record(
+    spec: PipelineSpec, name: str, winner: dict[str, Any], parent: dict[str, Any], summary: dict[str, Any], num_trials: int, output_dir: Path
+) -> dict[str, Any]:
+    folder = output_dir / "variants"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.onnx"
+    shutil.copyfile(winner["path"], path)
+    provenance = {
+        "search_id": summary["search_id"],
+        "trial_id": winner["trial_id"],
+        "settings_hash": winner["settings_hash"],
+        "num_trials": num_trials,
+    }
+    return {
+        "name": name,
+        "kind": "static_int8",
+        "path": str(path.resolve()),
+        "size_bytes": path.stat().st_size,
+        "sha256": winner["sha256"],
+        "opset": parent.get("opset"),
+        "passed": False,
+        "validation": winner["validation"],
+        "evaluation": winner["evaluation"],
+        "benchmarks": [],
+        "model_version": None,
+        "quantization": {**winner["quantization"], "name": name, "exclude_top_k": winner["settings"]["exclude_top_k"], "search": provenance},
+        "op_counts": winner["op_counts"],
+        "lineage": {"parent": parent["name"], "parent_sha256": parent["sha256"], "step": "search"},
+        "search": provenance,
+    }
+
+
+def _publish(spec: PipelineSpec, summary: dict[str, Any], ranking: list[dict[str, Any]]) -> None:
+    """Prefect table artifacts: the sensitivity ranking and the trials."""
+    from prefect.artifacts import create_table_artifact
+
+    key = "edgeport-" + _slug(spec.name)
+
+    def r(x: Any) -> Any:
+        return None if x is None else round(float(x), 6)
+
+    create_table_artifact(
+        table=[
+            {"rank": row["rank"], "node": row["node"], "op_type": row["op_type"], "impact_nsr": r(row["impact"]),
+             f"{summary['metric']}_impact": r(row["metric_impact"]), "measured_alone": row["measured"], "group": row["group"]}
+            for row in ranking[:50]
+        ],
+        key=f"{key}-sensitivity",
+        description=f"Sensitivity of the base INT8 configuration ({summary['sensitivity']['probes']} probes): impact = noise-to-signal ratio removed by keeping the node in float",
+    )
+    create_table_artifact(
+        table=trial_rows(summary),
+        key=f"{key}-search-trials",
+        description=f"Quantization search {summary['search_id']}: winner {(summary['winner'] or {}).get('trial_id', 'none')}",
+    )
+
+
+# --------------------------------------------------------------------------- MLflow
+
+
+def log_search(tracking_uri: str, run_id: str, summary: dict[str, Any]) -> int:
+    """Log the search to the pipeline's MLflow run: one nested run per trial (settings as params,
+    quality and p50 as metrics, status tags), and ``search.json``, ``trials.json``, the sensitivity
+    report and plot, and the pareto plot as artifacts under ``search/`` of the parent run.
+
+    Idempotent: trials already logged under ``run_id`` (a retry) are skipped.
+
+    Returns:
+        The number of nested runs created.
+
+    Raises:
+        RegistryUnavailable: MLflow unreachable (transient: the task retries).
+        RegistryError: MLflow refused a write.
+    """
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param, RunTag
+
+    from tasks.register import _flatten, is_transient
+
+    client = MlflowClient(tracking_uri)
+    created = 0
+    try:
+        parent = client.get_run(run_id)
+        exp = parent.info.experiment_id
+        done = {
+            r.data.tags.get("edgeport.search.trial_id")
+            for r in client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{run_id}'", max_results=5000)
+        }
+        now = int(time.time() * 1000)
+        for t in summary["trials"]:
+            if t["trial_id"] in done:
+                continue
+            tags = {
+                "mlflow.parentRunId": run_id,
+                "edgeport.search.id": summary["search_id"],
+                "edgeport.search.trial_id": t["trial_id"],
+                "edgeport.search.settings_hash": t["settings_hash"],
+                "edgeport.search.status": t["status"],
+                "edgeport.search.cached": str(bool(t.get("cached"))).lower(),
+                "edgeport.search.winner": str(bool(summary["winner"] and summary["winner"]["trial_id"] == t["trial_id"])).lower(),
+            }
+            run = client.create_run(exp, run_name=t["trial_id"], tags=tags)
+            params = _flatten({**t["settings"], "nodes_to_exclude": t["nodes_to_exclude"], "phase": t["phase"]})
+            metrics = {"quality": quality_of(t), "p50_ms": t.get("p50_ms"), "size_bytes": t.get("size_bytes")}
+            if t.get("evaluation"):
+                metrics["quality_drop"] = t["evaluation"].get("drop")
+            client.log_batch(
+                run.info.run_id,
+                metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None],
+                params=[Param(k, v) for k, v in params.items()],
+                tags=[RunTag("edgeport.search.error", t["error"][:4000])] if t.get("error") else [],
+            )
+            client.set_terminated(run.info.run_id)
+            created += 1
+        for path in summary["files"].values():
+            if path and Path(path).is_file():
+                client.log_artifact(run_id, path, artifact_path="search")
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in {
+                "search.trials": len(summary["trials"]),
+                "search.calibrations": summary["calibrations"],
+                "search.winner_p50_ms": (summary["winner"] or {}).get("p50_ms"),
+                "search.winner_quality": (summary["winner"] or {}).get("quality"),
+            }.items() if v is not None],
+            tags=[RunTag("edgeport.search.id", summary["search_id"]), RunTag("edgeport.search.winner", (summary["winner"] or {}).get("trial_id") or "none")],
+        )
+    except Exception as exc:
+        error = RegistryUnavailable if is_transient(exc) else RegistryError
+        raise error(f"logging the search to MLflow run {run_id} at {tracking_uri} failed: {exc}") from exc
+    return created
+
+
+def _retry_transient(task_: Any, task_run: Any, state: Any) -> bool:
+    from tasks.register import retry_if_transient
+
+    return retry_if_transient(task_, task_run, state)
+
+
+log_search_task = task(
+    log_search,
+    name="search-log",
+    cache_policy=NO_CACHE,
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_condition_fn=_retry_transient,
+)
