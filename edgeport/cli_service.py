@@ -24,7 +24,7 @@ from rich.table import Table
 
 from edgeport.errors import CheckpointError, DeploymentError, EdgeportError
 
-__all__ = ["emit_checkpoint_created", "register"]
+__all__ = ["emit_checkpoint_created", "emit_confirmed", "register"]
 
 console = Console(width=None if Console().is_terminal else 160)
 err_console = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 160)
@@ -52,7 +52,7 @@ def _require_prefect_api() -> str:
     return url
 
 
-async def _emit_confirmed(event: Any) -> None:
+async def emit_confirmed(event: Any) -> None:
     """Send ``event`` over Prefect's events websocket and wait for the server to acknowledge it.
 
     ``checkpoint_every=1``: the client pings after the event and waits for the pong, so the
@@ -105,7 +105,7 @@ def emit_checkpoint_created(checkpoint: str | Path, spec_path: str | Path) -> di
         payload={"checkpoint": str(path), "spec": str(spec_file), "sha256": sha, "spec_name": spec.name},
     )
     try:
-        asyncio.run(asyncio.wait_for(_emit_confirmed(event), EMIT_TIMEOUT_S))
+        asyncio.run(asyncio.wait_for(emit_confirmed(event), EMIT_TIMEOUT_S))
     except Exception as exc:
         raise DeploymentError(f"Prefect server {url} did not take the event {CHECKPOINT_EVENT}: {type(exc).__name__}: {exc}") from exc
     return {"event_id": str(event.id), "event": event.event, "resource": dict(event.resource), "payload": event.payload}
