@@ -667,7 +667,7 @@ class RegistrySpec(_Strict):
     """Where results are recorded: an MLflow tracking URI, experiment and registered model."""
 
     tracking_uri: str | None = Field(
-        default=None, description="MLflow tracking URI; default: the embedded sqlite store under EDGEPORT_HOME."
+        default=None, description="MLflow tracking URI; default: MLFLOW_TRACKING_URI, else the running `edgeport servers`, else the embedded sqlite store under EDGEPORT_HOME."
     )
     experiment: str = "edgeport"
     registered_model: str = Field(min_length=1)
