@@ -117,7 +117,7 @@ def register(app: typer.Typer) -> None:
     @app.command("deploy")
     def deploy(
         spec: Annotated[
-            list[Path] | None, typer.Option("--spec", help="Pipeline spec (repeatable; default: examples/digits and examples/minilm).")
+            list[Path] | None, typer.Option("--spec", metavar="SPEC", help="Pipeline spec (repeatable; default: examples/digits and examples/minilm).")
         ] = None,
         pool: Annotated[str, typer.Option("--pool", help="Process work pool of the pipeline and promotion deployments.")] = "edgeport",
         cron: Annotated[str, typer.Option("--cron", help="Schedule of the nightly deployments (cron).")] = "0 2 * * *",
