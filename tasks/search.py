@@ -14,8 +14,8 @@ Strategy (:func:`plan_trials` and :func:`run_search`):
    ``k`` in ``exclude_top_k`` ascending, until one passes the gate (``k_min``): NNCF's
    accuracy-aware "revert the worst quantizers until the metric is met".
 3. **Phase 2**: every other combination of the space (``itertools.product`` order), each starting
-   at ``k_min`` (the first ``k`` when phase 1 found none) and raising ``k`` until it passes. The
-   ranking is the base's, filtered to the combination's op types.
+   one step below ``k_min`` (at the first ``k`` when phase 1 found none) and raising ``k`` until
+   it passes. The ranking is the base's, filtered to the combination's op types.
 4. Every trial (quantize + evaluate on the full evaluation set) is a Prefect task cached on its
    configuration hash with a persisted result: a re-run resumes (the trials show as Cached).
    Calibration ranges are computed once per (calibration method, op-type set), as an ONNX
@@ -101,13 +101,16 @@ def configurations(spec: PipelineSpec) -> list[dict[str, Any]]:
     return [dict(zip(names, combo)) for combo in itertools.product(*values)]
 
 
-def plan_trials(config: dict[str, Any], ks: list[int], start_k: int | None) -> list[int]:
-    """The ``exclude_top_k`` values to try for one configuration, in order: ascending from
-    ``start_k`` (from the smallest when None), stopping at the first that passes (the caller's job)."""
+def plan_trials(config: dict[str, Any], ks: list[int], k_min: int | None) -> list[int]:
+    """The ``exclude_top_k`` values to try for one configuration, in order (the caller stops at the
+    first that passes): phase 1 (``k_min`` None): every ``k`` ascending; phase 2: ascending from
+    the ``k`` just below ``k_min`` (another configuration may need fewer nodes in float, e.g.
+    Percentile ranges clip the outliers), or from the smallest ``k`` when phase 1 found none."""
     ordered = sorted(ks)
-    if start_k is None:
+    if k_min is None or k_min not in ordered:
         return ordered
-    return [k for k in ordered if k >= start_k] or ordered[-1:]
+    i = ordered.index(k_min)
+    return ordered[max(0, i - 1):]
 
 
 def _variant(config: dict[str, Any], name: str, nodes_to_exclude: list[str]) -> QuantizationVariantSpec:
