@@ -34,6 +34,12 @@ from edgeport.cli_servers import servers_app  # noqa: E402
 
 app.add_typer(servers_app, name="servers", help="Local MLflow + Prefect servers: up, status, env, down.")
 _register_bench(app)
+from edgeport.cli_service import register as _register_service  # noqa: E402
+
+_register_service(app)
+from edgeport.cli_registry import register as _register_registry  # noqa: E402
+
+_register_registry(app)
 
 console = Console(width=None if Console().is_terminal else 180)
 err_console = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 140)
@@ -107,6 +113,18 @@ def print_summary(summary: dict) -> None:
                 str(v.get("model_version") or "-") if first else "",
             )
     console.print(table)
+    search = summary.get("search")
+    if search:  # the quantization search (tasks/search.py)
+        won = search.get("winner")
+        console.print(
+            f"search {search['search_id']}: {len(search['trials'])} trials ({search['stopped']}); "
+            + (
+                f"winner {won['trial_id']} as {search['name']} ({search['metric']} {won['quality']:.4f}, p50 {won['p50_ms']:.3f} ms)"
+                if won
+                else "[yellow]no configuration meets the quality budget[/]"
+            ),
+            soft_wrap=True,
+        )
     ch = summary.get("challenger")
     if ch:
         console.print(f"[green]challenger[/]: {summary['registered_model']} version {ch['version']} ({ch['variant']})")
