@@ -19,7 +19,7 @@ Mounted by the main CLI with :func:`register`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -90,12 +90,12 @@ def print_decision(decision: dict[str, Any]) -> None:
 
 def promote(
     model: Annotated[str, typer.Argument(help="Registered model name.")],
-    version: Annotated[Optional[str], typer.Option("--version", "-v", help="Candidate model version.")] = None,
-    alias: Annotated[Optional[str], typer.Option("--alias", "-a", help="Alias naming the candidate (default challenger).")] = None,
-    target: Annotated[Optional[str], typer.Option("--target", "-t", help="Target to compare on (overrides the spec).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Batch size to compare at.")] = None,
-    tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI.")] = None,
-    spec: Annotated[Optional[Path], typer.Option("--spec", help="Pipeline spec whose registry.promotion sets the gate.")] = None,
+    version: Annotated[str | None, typer.Option("--version", "-v", help="Candidate model version.")] = None,
+    alias: Annotated[str | None, typer.Option("--alias", "-a", help="Alias naming the candidate (default challenger).")] = None,
+    target: Annotated[str | None, typer.Option("--target", "-t", help="Target to compare on (overrides the spec).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", min=1, help="Batch size to compare at.")] = None,
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI.")] = None,
+    spec: Annotated[Path | None, typer.Option("--spec", help="Pipeline spec whose registry.promotion sets the gate.")] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Promote a version of MODEL to `champion` if it passes the gate (quality, validation, p50 vs the champion)."""
@@ -117,7 +117,7 @@ def promote(
         )
     except EdgeportError as exc:
         _fail(exc, debug)
-    except Exception as exc:  # unexpected: still a message, not a traceback
+    except Exception as exc:  # noqa: BLE001 - unexpected: still a message, not a traceback
         _fail(exc, debug)
     print_decision(decision)
     raise typer.Exit(EXIT_PROMOTED if decision["accepted"] else EXIT_REJECTED)
@@ -125,8 +125,8 @@ def promote(
 
 def rollback(
     model: Annotated[str, typer.Argument(help="Registered model name.")],
-    tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI.")] = None,
-    spec: Annotated[Optional[Path], typer.Option("--spec", help="Pipeline spec (for its registry.tracking_uri).")] = None,
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI.")] = None,
+    spec: Annotated[Path | None, typer.Option("--spec", help="Pipeline spec (for its registry.tracking_uri).")] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Move `champion` of MODEL back to the version behind `previous-champion` (that alias is then removed)."""
@@ -135,7 +135,7 @@ def rollback(
 
     try:
         result = rollback_flow(model, tracking_uri=tracking_uri, spec_path=str(spec.expanduser().resolve()) if spec else None)
-    except Exception as exc:  # EdgeportError or unexpected: a message, not a traceback
+    except Exception as exc:  # noqa: BLE001 - EdgeportError or unexpected: a message, not a traceback
         _fail(exc, debug)
     console.print(
         f"[green]rolled back[/]: {model} champion version {result['from_version']} -> version {result['to_version']}; "

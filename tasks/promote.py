@@ -52,7 +52,13 @@ from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from edgeport.errors import EdgeportError, PromotionError, PromotionRejected, RegistryError, RegistryUnavailable
+from edgeport.errors import (
+    EdgeportError,
+    PromotionError,
+    PromotionRejected,
+    RegistryError,
+    RegistryUnavailable,
+)
 from edgeport.spec import PromotionSpec
 from tasks.register import _first_line, _redact, check_tracking_uri, is_transient
 
@@ -221,7 +227,7 @@ class RollbackResult:
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def _client(tracking_uri: str) -> MlflowClient:
@@ -526,7 +532,7 @@ def promote(
     elif champion_version != cand.version:  # the champion's own tags keep its promotion record
         _write_decision_tags(client, decision, tracking_uri)
     logger.info("promotion of %s: %s", registered_model, reason)
-    if emit_events:
+    if emit_events and champion_version != cand.version:
         _emit(EVENT_PROMOTED if accepted else EVENT_REJECTED, registered_model, decision.to_dict(), cand.version)
     _publish(decision.markdown(), registered_model, f"Promotion decision for {registered_model}")
     return decision
@@ -603,7 +609,7 @@ def _restore(client: MlflowClient, name: str, champion: str | None, previous: st
                 client.delete_registered_model_alias(name, alias)
             else:
                 client.set_registered_model_alias(name, alias, version)
-        except Exception:  # noqa: BLE001
+        except Exception:
             logger.warning("could not restore alias %s of %s to %s", alias, name, version, exc_info=True)
 
 
@@ -670,7 +676,7 @@ def _emit(event: str, registered_model: str, payload: dict[str, Any], version: s
             }],
             payload=payload,
         )
-    except Exception:  # noqa: BLE001
+    except Exception:
         logger.warning("could not emit the Prefect event %s", event, exc_info=True)
 
 

@@ -13,15 +13,26 @@ import copy
 import socket
 import threading
 import time
-from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from edgeport.errors import PromotionError, PromotionRejected, RegistryUnavailable, SpecError
+from edgeport.errors import (
+    PromotionError,
+    PromotionRejected,
+    RegistryUnavailable,
+    SpecError,
+)
 from edgeport.spec import PipelineSpec, PromotionSpec, load_spec
-from tasks.promote import CHAMPION, PREVIOUS_CHAMPION, VersionRecord, latency_check, promote, rollback
+from mlflow import MlflowClient
+from tasks.promote import (
+    CHAMPION,
+    PREVIOUS_CHAMPION,
+    VersionRecord,
+    latency_check,
+    promote,
+    rollback,
+)
 from tasks.register import register_pipeline
 from tests.conftest import digits_spec_dict, write_spec
 
@@ -279,9 +290,8 @@ def test_bad_requests_fail_clearly(digits_run):
         promote(model, uri, alias="staging")
     with pytest.raises(PromotionError, match=r"no p50 recorded for target 'cpu-1t' at batch size 1 .*recorded: cpu.b1, cpu.b32"):
         promote(model, uri, version=v["a"], target="cpu-1t")
-    with sock_port() as port:
-        with pytest.raises(RegistryUnavailable, match=f"127.0.0.1:{port}"):
-            promote(model, f"http://127.0.0.1:{port}")
+    with sock_port() as port, pytest.raises(RegistryUnavailable, match=f"127.0.0.1:{port}"):
+        promote(model, f"http://127.0.0.1:{port}")
     assert CHAMPION not in aliases(uri, model)
 
 
