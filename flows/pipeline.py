@@ -28,13 +28,23 @@ from prefect.runtime import flow_run
 from edgeport.data import benchmark_samples_path
 from edgeport.home import default_output_dir
 from edgeport.spec import PipelineSpec, load_spec
+from flows.remote_benchmark import remote_benchmark_task
 from tasks.benchmark import benchmark_target_task
 from tasks.evaluate import evaluate_task
 from tasks.export import export_task, select_export_task, with_exporter
 from tasks.optimize import optimize_task
 from tasks.preflight import preflight_task
 from tasks.quantize import quantize_task
-from tasks.register import check_tracking_uri_task, register_task, resolve_tracking_uri
+from edgeport.errors import RegistryError, RegistryUnavailable
+from tasks.cache import files_intact
+from tasks.register import (
+    check_tracking_uri_task,
+    clear_pending_registration,
+    register_task,
+    resolve_tracking_uri,
+    with_retry_window,
+    write_pending_registration,
+)
 from tasks.report import report_task
 from tasks.validate import validate_task
 
@@ -108,6 +118,45 @@ def _summary_table(spec: PipelineSpec, variants: list[dict[str, Any]]) -> list[d
     return rows
 
 
+def _cached(task_: Any, *args: Any, intact: Any = None, refresh: bool = False, **kwargs: Any) -> tuple[Any, bool]:
+    """Call a cached step (see :mod:`tasks.cache`); returns ``(result, cached)``.
+
+    A ``Cached`` result is used only when ``intact(result)`` says its output files are still
+    there (and unchanged); otherwise, or with ``refresh``, the step runs again with
+    ``refresh_cache=True`` (which also replaces the cache entry). Failures raise as usual.
+    """
+    if refresh:
+        return task_.with_options(refresh_cache=True)(*args, **kwargs), False
+    state = task_(*args, return_state=True, **kwargs)
+    result = state.result()
+    if state.name != "Cached":
+        return result, False
+    if intact is None or intact(result):
+        return result, True
+    get_run_logger().warning("%s: cached result's output files are gone or changed: running it again", task_.name)
+    return task_.with_options(refresh_cache=True)(*args, **kwargs), False
+
+
+def _report_restored(report_path: str) -> Any:
+    """``intact`` check of a cached validation: (re)write its report file from the cached result."""
+
+    def restore(report: dict[str, Any]) -> bool:
+        Path(report_path).write_text(json.dumps(report, indent=2))
+        return True
+
+    return restore
+
+
+def _latencies_kept(results: dict[str, list[dict[str, Any]]]) -> bool:
+    """``intact`` check of cached benchmarks: every raw-latency file they name still exists, and
+    no runner crashed or timed out (a ``failed`` entry is measured again, not reused)."""
+    entries = [e for group in results.values() for e in group]
+    if any(e.get("status") == "failed" for e in entries):
+        return False
+    paths = [p for e in entries for p in (e.get("latencies_paths") or [e.get("latencies_path")]) if p]
+    return files_intact(dict.fromkeys(paths))
+
+
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower())
 
@@ -171,8 +220,16 @@ def pipeline(
     output_dir: str | None = None,
     tracking_uri: str | None = None,
     checkpoint: str | None = None,
+    rebenchmark: bool = False,
 ) -> dict[str, Any]:
     """Run the whole pipeline for one spec.
+
+    The expensive deterministic steps (export, optimize, quantize, validate, evaluate,
+    benchmark) are cached by Prefect on their input files' sha256 and settings
+    (:mod:`tasks.cache`): a re-run after a failure resumes where it stopped (``summary["cache"]``
+    tells which steps came from the cache). Results are written to ``output_dir`` before MLflow
+    is touched (``summary.json`` with ``registration: pending`` and ``registration-pending.json``);
+    register and report retry transient MLflow errors within ``registry.retry.window_s``.
 
     Args:
         spec_path: the pipeline spec (YAML).
@@ -182,6 +239,8 @@ def pipeline(
         checkpoint: PyTorch checkpoint overriding ``model.checkpoint`` (relative paths resolve
             against the working directory); the ``edgeport.checkpoint.created`` trigger passes
             it from the event payload. Checked by preflight like the spec's own.
+        rebenchmark: measure the benchmarks again instead of reusing cached ones (the nightly
+            re-benchmark sets it; other cached steps are still reused).
 
     Emits:
         ``edgeport.pipeline.completed`` (:data:`PIPELINE_COMPLETED_EVENT`) when the run registered
@@ -202,6 +261,13 @@ def pipeline(
 
     def lap(step: str, start: float) -> None:
         timings[step] = round(timings.get(step, 0.0) + time.perf_counter() - start, 3)
+
+    cache: dict[str, dict[str, bool]] = {}  # step -> {item: came from the cache}
+
+    def cached(step: str, item: str, task_: Any, *args: Any, **kwargs: Any) -> Any:
+        result, hit = _cached(task_, *args, **kwargs)
+        cache.setdefault(step, {})[item] = hit
+        return result
 
     spec = load_spec(spec_path)
     if checkpoint is not None:
@@ -230,6 +296,7 @@ def pipeline(
             else:  # the cache folder was cleaned since: export again
                 export = export_task.with_options(refresh_cache=True)(spec)
     lap("export", start)
+    cache["export"] = {"fp32": bool(export.cached)}
     logger.info("export: %s (%s)", export.onnx_path, "cached" if export.cached else f"{export.export_s:.1f} s")
 
     start = time.perf_counter()
@@ -245,7 +312,8 @@ def pipeline(
         lineage={"parent": f"checkpoint:{export.checkpoint_sha256}", "step": f"export:{export.exporter}", "cached": export.cached},
         export_selection=selection,
     )
-    fp32["validation"] = validate_task(spec, export.onnx_path, report_path=str(out / "validation-fp32.json"))
+    report = str(out / "validation-fp32.json")
+    fp32["validation"] = cached("validate", "fp32", validate_task, spec, export.onnx_path, report_path=report, intact=_report_restored(report))
     lap("validate", start)
     variants = [fp32]
     parent = fp32  # the FP32 model every quantized variant is built from
@@ -253,7 +321,10 @@ def pipeline(
     if spec.optimization is not None:
         opt_spec = spec.optimization
         start = time.perf_counter()
-        opt = optimize_task(
+        opt = cached(
+            "optimize",
+            "fp32-optimized",
+            optimize_task,
             export.onnx_path,
             str(out / "variants" / "fp32-optimized.onnx"),
             model_type=opt_spec.model_type,
@@ -261,6 +332,7 @@ def pipeline(
             hidden_size=opt_spec.hidden_size,
             opt_level=opt_spec.opt_level,
             require=dict(opt_spec.require) or None,
+            intact=lambda r: files_intact({r.path: r.sha256}),
         )
         lap("optimize", start)
         start = time.perf_counter()
@@ -287,7 +359,10 @@ def pipeline(
             lineage={"parent": "fp32", "parent_sha256": export.model_sha256, "step": f"optimize:{opt.model_type}"},
         )
         # Gated against PyTorch, like the export: a fusion that breaks parity fails the run.
-        parent["validation"] = validate_task(spec, opt.path, report_path=str(out / "validation-fp32-optimized.json"))
+        report = str(out / "validation-fp32-optimized.json")
+        parent["validation"] = cached(
+            "validate", "fp32-optimized", validate_task, spec, opt.path, report_path=report, intact=_report_restored(report)
+        )
         lap("validate", start)
         variants.append(parent)
         logger.info("optimize: %s, fusions %s", opt.path, opt.fusions)
@@ -295,7 +370,17 @@ def pipeline(
     for vspec in spec.quantization:
         start = time.perf_counter()
         base = fp32 if vspec.parent == "fp32" else parent  # default: the optimized model when there is one
-        q = quantize_task(spec, vspec, base["path"], str(out / "variants"), parent=base["name"])
+        q = cached(
+            "quantize",
+            vspec.name,
+            quantize_task,
+            spec,
+            vspec,
+            base["path"],
+            str(out / "variants"),
+            parent=base["name"],
+            intact=lambda r: files_intact({r.onnx_path: r.sha256}),
+        )
         lap("quantize", start)
         start = time.perf_counter()
         record = _variant_record(
@@ -309,34 +394,59 @@ def pipeline(
             op_counts=q.op_counts,
             lineage={"parent": base["name"], "parent_sha256": base["sha256"], "step": f"quantize_{vspec.mode}"},
         )
-        record["validation"] = validate_task(
-            spec, q.onnx_path, reference_onnx=base["path"], report_path=str(out / f"validation-{q.name}.json")
+        report = str(out / f"validation-{q.name}.json")
+        record["validation"] = cached(
+            "validate", q.name, validate_task, spec, q.onnx_path, reference_onnx=base["path"], report_path=report,
+            intact=_report_restored(report),
         )
         lap("validate", start)
         variants.append(record)
 
     if spec.evaluation is not None:
         start = time.perf_counter()
-        reference = evaluate_task(spec, fp32["path"], "fp32", str(out))
+        predictions_kept = lambda r: files_intact({r["predictions_path"]: None})  # noqa: E731
+        reference = cached("evaluate", "fp32", evaluate_task, spec, fp32["path"], "fp32", str(out), intact=predictions_kept)
         fp32["evaluation"] = reference
         for record in variants[1:]:
             if record["validation"]["passed"]:
-                record["evaluation"] = evaluate_task(spec, record["path"], record["name"], str(out), reference=reference)
+                record["evaluation"] = cached(
+                    "evaluate", record["name"], evaluate_task, spec, record["path"], record["name"], str(out),
+                    reference=reference, intact=predictions_kept,
+                )
         lap("evaluate", start)
+
+    search = None  # accuracy-aware quantization search (tasks/search.py): its winner joins the variants
+    if spec.search is not None:
+        from tasks.search import run_search
+
+        start = time.perf_counter()
+        winner, search = run_search(spec, variants, str(out))
+        if winner is not None:
+            variants.append(winner)
+        lap("search", start)
 
     # Benchmarks share this host's cores: one target at a time, variants interleaved in rounds.
     start = time.perf_counter()
     models = {r["name"]: r["path"] for r in variants if r["validation"]["passed"]}
     progress_id = create_progress_artifact(0.0, key=f"{_artifact_key(spec)}-benchmark-progress", description="Benchmarks done")
     for i, target in enumerate(spec.targets):
-        results = benchmark_target_task(
-            spec,
-            target,
-            models,
-            benchmark_samples_path(spec),
-            str(out / "benchmarks" / target.name),
-            on_progress=lambda f, i=i: update_progress_artifact(progress_id, 100.0 * (i + f) / len(spec.targets)),
-        )
+        if target.work_pool is not None:  # benchmarked by a worker of that pool (flows/remote_benchmark.py)
+            results = remote_benchmark_task(
+                str(Path(spec_path).resolve()), target, models, benchmark_samples_path(spec), str(out / "benchmarks" / target.name)
+            )
+        else:
+            results, hit = _cached(
+                benchmark_target_task,
+                spec,
+                target,
+                models,
+                benchmark_samples_path(spec),
+                str(out / "benchmarks" / target.name),
+                on_progress=lambda f, i=i: update_progress_artifact(progress_id, 100.0 * (i + f) / len(spec.targets)),
+                intact=_latencies_kept,
+                refresh=rebenchmark,
+            )
+            cache.setdefault("benchmark", {})[target.name] = hit
         for record in variants:
             record["benchmarks"] += results.get(record["name"], [])
         create_table_artifact(
@@ -352,32 +462,72 @@ def pipeline(
             and (record["evaluation"] is None or record["evaluation"]["passed"])
             and select_primary_benchmark(record, spec) is not None
         )
+    if search is not None and search["winner"] is None:  # no configuration meets the budget: register nothing
+        for record in variants:
+            record["passed"] = False
+            record["not_registered"] = "search: no configuration meets the quality budget"
 
     start = time.perf_counter()
     info = {"id": str(flow_run.id), "name": flow_run.name, "url": flow_run.ui_url} if flow_run.id else None
-    registration = register_task(spec, spec_path, variants, uri, str(out), flow_run=info)
-    lap("register", start)
-    for record in variants:
-        record["model_version"] = registration["versions"].get(record["name"])
-    start = time.perf_counter()
-    plots = report_task(spec, variants, str(out), uri, registration["mlflow_run_id"])
-    lap("report", start)
-
-    timings["total"] = round(time.perf_counter() - t0, 3)
     summary = {
         "spec": str(Path(spec_path).resolve()),
         "name": spec.name,
-        "mlflow_run_id": registration["mlflow_run_id"],
-        "mlflow_run_url": registration.get("run_url"),
-        "mlflow_experiment_id": registration["experiment_id"],
+        "registration": "pending",
+        "mlflow_run_id": None,
+        "mlflow_run_url": None,
+        "mlflow_experiment_id": None,
         "tracking_uri": uri,
         "registered_model": spec.registry.registered_model,
         "prefect_flow_run": info,
         "variants": variants,
-        "challenger": registration["challenger"],
-        "plots": plots,
+        "challenger": None,
+        "plots": [],
+        "cache": cache,
         "timings_s": timings,
     }
+    summary["search"] = search
+    # Persist locally first: an MLflow outage past the retry window loses nothing, and the
+    # re-run reuses the registration id to clean up after the failed attempt.
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    pending = write_pending_registration(out, spec, spec_path, variants, uri, flow_run=info)
+    retry = spec.registry.retry
+    try:
+        registration = with_retry_window(register_task, retry)(
+            spec, spec_path, variants, uri, str(out), flow_run=info, registration_id=pending["registration_id"]
+        )
+    except RegistryUnavailable as exc:
+        raise RegistryUnavailable(
+            f"MLflow at {pending['tracking_uri']} stayed unreachable past the retry window "
+            f"(registry.retry.window_s = {retry.window_s:g} s); nothing registered. Results are kept in {out} "
+            f"({out / 'registration-pending.json'}); re-run to resume from the cached steps. Last error: {exc}"
+        ) from exc
+    clear_pending_registration(out)
+    lap("register", start)
+    for record in variants:
+        record["model_version"] = registration["versions"].get(record["name"])
+    summary.update(
+        registration="done",
+        mlflow_run_id=registration["mlflow_run_id"],
+        mlflow_run_url=registration.get("run_url"),
+        mlflow_experiment_id=registration["experiment_id"],
+        challenger=registration["challenger"],
+    )
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if search is not None:  # trials as nested runs, sensitivity and pareto plots under search/
+        from tasks.search import log_search_task
+
+        try:
+            log_search_task(uri, registration["mlflow_run_id"], search)
+        except RegistryError as exc:
+            logger.warning("search not logged to MLflow: %s", exc)
+    start = time.perf_counter()
+    try:
+        summary["plots"] = with_retry_window(report_task, retry)(spec, variants, str(out), uri, registration["mlflow_run_id"])
+    except RegistryUnavailable as exc:  # registered already: the plots stay local (output_dir/plots)
+        logger.warning("plots not logged to MLflow (past the retry window): %s", exc)
+    lap("report", start)
+
+    timings["total"] = round(time.perf_counter() - t0, 3)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     _publish_artifacts(spec, summary)
     logger.info("summary: %s", out / "summary.json")

@@ -434,12 +434,41 @@ benchmark_task = task(
 )
 
 
+def _benchmark_target_cache_key(context: object, parameters: dict) -> str | None:
+    """Prefect cache key of one target's sweep: the sha256 of every model and of the sample
+    data, the benchmark and target settings, the output folder, the host name (a measurement
+    belongs to a machine) and library versions. None (no caching) when a model is missing.
+
+    A re-run that resumes after a failure reuses the measurements; a scheduled re-benchmark
+    must not: the flow's ``rebenchmark=True`` runs it with ``refresh_cache=True``.
+    """
+    from tasks import cache as _cache
+
+    spec: PipelineSpec = parameters["spec"]
+    target: TargetSpec = parameters["target"]
+    models = {name: _cache.file_digest(path) for name, path in parameters["models"].items()}
+    if any(sha is None for sha in models.values()):
+        return None
+    return _cache.step_key(
+        "benchmark",
+        models=list(models.items()),  # order matters: rounds interleave in this order
+        samples_sha256=_cache.file_digest(parameters.get("samples_path")),
+        benchmark=_cache.sections(spec, "benchmark"),
+        target=target.model_dump(mode="json"),
+        output_dir=str(Path(parameters["output_dir"]).resolve()),
+        host=socket.gethostname(),
+        versions=_cache.library_versions(),
+    )
+
+
 #: Prefect task for a whole target (all variants, interleaved rounds); holds the host's slot.
+#: Cached (persisted result) so that a re-run resumes; ``refresh_cache=True`` measures again.
 benchmark_target_task = task(
     benchmark_target,
     name="benchmark-target",
     tags=["edgeport-benchmark"],
     retries=0,
-    cache_policy=NO_CACHE,
+    cache_key_fn=_benchmark_target_cache_key,
+    persist_result=True,
     task_run_name="benchmark-{target.name}",
 )

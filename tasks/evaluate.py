@@ -174,4 +174,44 @@ def _evaluate_cosine(
 # --- Prefect wrapper -------------------------------------------------------------------------
 from prefect import task  # noqa: E402
 
-evaluate_task = task(evaluate_model, name="evaluate", retries=0, task_run_name="evaluate-{name}")
+from tasks import cache as _cache  # noqa: E402
+
+
+def _evaluate_cache_key(context: object, parameters: dict) -> str | None:
+    """Prefect cache key: sha256 of the model, the inputs/outputs/evaluation sections, the
+    evaluation data's sha256, the reference result and its predictions file's sha256, the
+    variant name, the output folder and library versions. None (no caching) when the model or
+    the reference predictions are missing."""
+    spec: PipelineSpec = parameters["spec"]
+    model_sha = _cache.file_digest(parameters["onnx_path"])
+    reference = parameters.get("reference")
+    ref = None
+    if reference is not None:
+        ref_file = reference.get("predictions_path")
+        ref = {"result": _cache.spec_digest(reference), "predictions_sha256": _cache.file_digest(ref_file)}
+        if ref["predictions_sha256"] is None:
+            return None
+    if model_sha is None:
+        return None
+    return _cache.step_key(
+        "evaluate",
+        model_sha256=model_sha,
+        name=parameters["name"],
+        reference=ref,
+        sections=_cache.sections(spec, "inputs", "outputs", "evaluation"),
+        data=_cache.data_digests(spec),
+        output_dir=str(Path(parameters["output_dir"]).resolve()),
+        versions=_cache.library_versions(),
+    )
+
+
+#: Deterministic: no retries. Cached (persisted result) on the model's sha256 + settings, so a
+#: re-run resumes; the flow evaluates again when the cached predictions file is gone.
+evaluate_task = task(
+    evaluate_model,
+    name="evaluate",
+    retries=0,
+    task_run_name="evaluate-{name}",
+    cache_key_fn=_evaluate_cache_key,
+    persist_result=True,
+)

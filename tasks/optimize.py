@@ -182,5 +182,27 @@ def result_dict(result: OptimizeResult) -> dict[str, Any]:
 # --- Prefect wrapper -------------------------------------------------------------------------
 from prefect import task  # noqa: E402
 
-#: Deterministic: no retries.
-optimize_task = task(optimize_transformer, name="optimize", retries=0)
+from tasks import cache as _cache  # noqa: E402
+
+
+def _optimize_cache_key(context: object, parameters: dict) -> str | None:
+    """Prefect cache key: sha256 of the FP32 model, the optimizer settings, the output path and
+    library versions. None (no caching) when the input is missing."""
+    parent_sha = _cache.file_digest(parameters["fp32_path"])
+    if parent_sha is None:
+        return None
+    settings = {k: parameters.get(k) for k in ("model_type", "num_heads", "hidden_size", "opt_level", "require")}
+    return _cache.step_key(
+        "optimize",
+        parent_sha256=parent_sha,
+        settings=settings,
+        output_path=str(Path(parameters["output_path"]).resolve()),
+        versions=_cache.library_versions(),
+    )
+
+
+#: Deterministic: no retries. Cached (persisted result) on the input's sha256 + settings, so a
+#: re-run resumes; the flow optimizes again when the cached model file is gone or changed.
+optimize_task = task(
+    optimize_transformer, name="optimize", retries=0, cache_key_fn=_optimize_cache_key, persist_result=True
+)

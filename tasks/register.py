@@ -29,7 +29,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,20 +45,28 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.tasks import exponential_backoff
 
 from edgeport import home
 from edgeport.errors import EdgeportError, RegistryError, RegistryUnavailable
-from edgeport.spec import PipelineSpec, spec_digest
+from edgeport.spec import PipelineSpec, RetrySpec, spec_digest
 
 __all__ = [
+    "PENDING_FILE",
+    "REGISTRATION_TAG",
     "check_tracking_uri",
     "check_tracking_uri_task",
+    "clear_pending_registration",
     "ensure_experiment",
+    "mlflow_http_settings",
+    "read_pending_registration",
     "register_pipeline",
     "register_task",
     "resolve_tracking_uri",
+    "retry_delays",
     "retry_if_transient",
+    "retry_transient_within",
+    "with_retry_window",
+    "write_pending_registration",
 ]
 
 logger = logging.getLogger(__name__)
@@ -139,7 +147,7 @@ _HTTP_USERS: dict[str, Any] = {"count": 0, "saved": None}
 
 
 @contextlib.contextmanager
-def mlflow_http_settings(uri: str, timeout_s: float, max_retries: int = 2, backoff_factor: float = 1.0) -> Iterator[None]:
+def mlflow_http_settings(uri: str, timeout_s: float, max_retries: int = 2, backoff_factor: int = 1) -> Iterator[None]:
     """MLflow's HTTP client settings for a block that talks to an http(s) tracking server.
 
     MLflow's defaults (``MLFLOW_HTTP_REQUEST_MAX_RETRIES=7``, backoff factor 2,
@@ -154,7 +162,7 @@ def mlflow_http_settings(uri: str, timeout_s: float, max_retries: int = 2, backo
         uri: the tracking URI.
         timeout_s: per-request timeout in s (``MLFLOW_HTTP_REQUEST_TIMEOUT``, rounded up).
         max_retries: ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``.
-        backoff_factor: ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR``.
+        backoff_factor: ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` (MLflow reads an int).
     """
     if not _is_http(uri):
         yield
@@ -162,7 +170,7 @@ def mlflow_http_settings(uri: str, timeout_s: float, max_retries: int = 2, backo
     names = {
         "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, math.ceil(timeout_s))),
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(int(max_retries)),
-        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(backoff_factor),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(math.ceil(backoff_factor)),  # MLflow parses an int
     }
     with _ENV_LOCK:
         if _HTTP_USERS["count"] == 0:
@@ -627,7 +635,7 @@ def _register(
 ) -> dict:
     model_name = spec.registry.registered_model
     _check_variants(spec, variants)
-    check_tracking_uri(tracking_uri, attempts=2, backoff_s=0.5, timeout_s=spec.registry.retry.request_timeout_s)
+    check_tracking_uri(tracking_uri, attempts=2, backoff_s=0.5)
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     created: list[str] = []  # versions created by this call, for the rollback
@@ -800,6 +808,8 @@ def _log_variant(
         }
         if registration_id:
             version_tags[REGISTRATION_TAG] = registration_id
+        for key, value in (variant.get("search") or {}).items():  # provenance of a search winner (tasks/search.py)
+            version_tags[f"edgeport.search.{key}"] = str(value)
         mv = mlflow.register_model(model_info.model_uri, spec.registry.registered_model, tags=version_tags)
         created.append(str(mv.version))
         client.update_model_version(
@@ -950,14 +960,135 @@ def check_tracking_uri_task(uri: str, attempts: int = 3, backoff_s: float = 1.0)
     return uri
 
 
-#: Prefect task around :func:`register_pipeline`: 3 retries, 2/4/8 s backoff (+ jitter), on
-#: transient errors only (:func:`retry_if_transient`); never cached.
+#: Prefect refuses more than 50 entries in ``retry_delay_seconds`` (it repeats the last one).
+PREFECT_MAX_RETRY_DELAYS = 50
+
+
+def retry_delays(retry: RetrySpec) -> list[float]:
+    """The backoff delays (s) between attempts: ``initial_delay_s``, doubled after each failure,
+    capped at ``max_delay_s``, the last one cut so that they add up to ``window_s``.
+
+    >>> retry_delays(RetrySpec(window_s=20, initial_delay_s=2, max_delay_s=5))
+    [2.0, 4.0, 5.0, 5.0, 4.0]
+    """
+    delays: list[float] = []
+    total, delay = 0.0, retry.initial_delay_s
+    while total < retry.window_s - 1e-9 and len(delays) < 10_000:
+        step = min(delay, retry.max_delay_s, retry.window_s - total)
+        delays.append(round(step, 3))
+        total += step
+        delay *= 2
+    return delays
+
+
+def retry_transient_within(window_s: float) -> Callable[[Any, Any, Any], bool]:
+    """A Prefect ``retry_condition_fn``: retry transient errors (:func:`retry_if_transient`)
+    until ``window_s`` seconds have passed since that task run's first failure."""
+    first_failure: dict[Any, float] = {}
+
+    def retry_transient_within_window(task_: Any, task_run: Any, state: Any) -> bool:
+        if not retry_if_transient(task_, task_run, state):
+            return False
+        start = first_failure.setdefault(getattr(task_run, "id", None), time.monotonic())
+        return time.monotonic() - start < window_s
+
+    return retry_transient_within_window
+
+
+def with_retry_window(task_: Any, retry: RetrySpec) -> Any:
+    """``task_`` with Prefect retries of transient errors for ``retry.window_s`` seconds, the delays
+    of :func:`retry_delays` (+-20 % jitter, so concurrent runs do not hit a recovering server
+    in step). The caller sees the last attempt's exception when the window is exhausted.
+    Prefect takes at most 50 delays and repeats the last one: past 50, the delays are capped
+    ones anyway (the window's time check ends the retries on schedule)."""
+    delays = retry_delays(retry)
+    return task_.with_options(
+        retries=len(delays),
+        retry_delay_seconds=delays[:PREFECT_MAX_RETRY_DELAYS] or 0,
+        retry_jitter_factor=0.2 if delays else None,
+        retry_condition_fn=retry_transient_within(retry.window_s),
+    )
+
+
+_DEFAULT_RETRY = RetrySpec()
+
+#: Prefect task around :func:`register_pipeline`: retries transient errors only, within the
+#: default window of :class:`~edgeport.spec.RetrySpec` (the flow applies the spec's
+#: ``registry.retry`` with :func:`with_retry_window`); never cached.
 register_task = task(
     register_pipeline,
     name="register",
     cache_policy=NO_CACHE,
-    retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_if_transient,
+    retries=len(retry_delays(_DEFAULT_RETRY)),
+    retry_delay_seconds=retry_delays(_DEFAULT_RETRY)[:PREFECT_MAX_RETRY_DELAYS],
+    retry_jitter_factor=0.2,
+    retry_condition_fn=retry_transient_within(_DEFAULT_RETRY.window_s),
 )
+
+
+# --------------------------------------------------------------------------- pending registration
+
+#: Written into the output folder before registration starts, removed once it succeeded.
+PENDING_FILE = "registration-pending.json"
+
+
+def write_pending_registration(
+    output_dir: str | Path,
+    spec: PipelineSpec,
+    spec_path: str | Path,
+    variants: list[dict],
+    tracking_uri: str,
+    flow_run: dict | None = None,
+) -> dict:
+    """Persist what is about to be registered, BEFORE talking to MLflow: ``<output_dir>/registration-pending.json``.
+
+    If the registration fails past the retry window, the file stays: it names the registration
+    (``registration_id``), the tracking URI, registered model, alias and every variant record
+    (paths to the models and reports in the output folder). A re-run on the same output folder
+    reuses its ``registration_id``, so :func:`register_pipeline` first removes whatever the failed
+    attempt left in MLflow. Removed by :func:`clear_pending_registration` after success.
+
+    Returns:
+        The record written: ``{"status": "pending", "registration_id", "tracking_uri",
+        "registered_model", "alias", "spec", "created_at", "attempts", "flow_run", "variants"}``
+        (``attempts``: how many runs have tried this registration).
+    """
+    path = Path(output_dir) / PENDING_FILE
+    earlier = read_pending_registration(output_dir)
+    same = (
+        earlier is not None
+        and earlier.get("tracking_uri") == _redact(tracking_uri)
+        and earlier.get("registered_model") == spec.registry.registered_model
+    )
+    record = {
+        "status": "pending",
+        "registration_id": earlier["registration_id"] if same else uuid.uuid4().hex,
+        "tracking_uri": _redact(tracking_uri),
+        "registered_model": spec.registry.registered_model,
+        "alias": spec.registry.alias,
+        "spec": str(Path(spec_path).resolve()),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "attempts": (int(earlier.get("attempts", 0)) if same else 0) + 1,
+        "retry": spec.registry.retry.model_dump(mode="json"),
+        "flow_run": flow_run,
+        "variants": _jsonable(variants),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(path)
+    return record
+
+
+def read_pending_registration(output_dir: str | Path) -> dict | None:
+    """The pending registration record of ``output_dir``, or None (none, or unreadable)."""
+    try:
+        record = json.loads((Path(output_dir) / PENDING_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("registration_id") else None
+
+
+def clear_pending_registration(output_dir: str | Path) -> None:
+    """Remove ``registration-pending.json`` (the registration succeeded; ``registration.json`` records it)."""
+    (Path(output_dir) / PENDING_FILE).unlink(missing_ok=True)

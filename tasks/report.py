@@ -18,7 +18,7 @@ import numpy as np
 from edgeport.errors import RegistryError, RegistryUnavailable
 from edgeport.spec import PipelineSpec
 from tasks.benchmark import load_latencies
-from tasks.register import is_transient, retry_if_transient
+from tasks.register import is_transient, mlflow_http_settings, retry_delays, retry_transient_within
 
 logger = logging.getLogger("edgeport.report")
 
@@ -141,8 +141,10 @@ def make_plots(spec: PipelineSpec, variants: list[dict[str, Any]], output_dir: s
     return [str(p) for p in written if p is not None]
 
 
-def log_plots(tracking_uri: str, run_id: str, paths: list[str]) -> None:
-    """Log the plots to the MLflow run ``run_id`` under ``plots/``.
+def log_plots(tracking_uri: str, run_id: str, paths: list[str], timeout_s: float = 60.0) -> None:
+    """Log the plots to the MLflow run ``run_id`` under ``plots/`` (an http(s) server gets
+    ``timeout_s`` per request and few quick retries: :func:`tasks.register.mlflow_http_settings`;
+    the Prefect task retries outages within ``registry.retry.window_s``).
 
     Raises:
         RegistryUnavailable: MLflow unreachable (transient: the task retries).
@@ -152,8 +154,9 @@ def log_plots(tracking_uri: str, run_id: str, paths: list[str]) -> None:
 
     client = MlflowClient(tracking_uri)
     try:
-        for path in paths:
-            client.log_artifact(run_id, path, artifact_path="plots")
+        with mlflow_http_settings(tracking_uri, timeout_s):
+            for path in paths:
+                client.log_artifact(run_id, path, artifact_path="plots")
     except Exception as exc:
         error = RegistryUnavailable if is_transient(exc) else RegistryError
         raise error(f"logging plots to MLflow run {run_id} at {tracking_uri} failed: {exc}") from exc
@@ -162,19 +165,28 @@ def log_plots(tracking_uri: str, run_id: str, paths: list[str]) -> None:
 def report(spec: PipelineSpec, variants: list[dict[str, Any]], output_dir: str | Path, tracking_uri: str, run_id: str) -> list[str]:
     """Draw the plots and log them to the pipeline's MLflow run; returns the PNG paths."""
     paths = make_plots(spec, variants, output_dir)
-    log_plots(tracking_uri, run_id, paths)
+    log_plots(tracking_uri, run_id, paths, timeout_s=spec.registry.retry.request_timeout_s)
     logger.info("report: %d plots logged to run %s", len(paths), run_id)
     return paths
 
 
 # --- Prefect wrapper -------------------------------------------------------------------------
 from prefect import task  # noqa: E402
-from prefect.tasks import exponential_backoff  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
 
+from edgeport.spec import RetrySpec  # noqa: E402
+
+_DEFAULT_RETRY = RetrySpec()
+
+#: Retries transient errors only, within the default window of :class:`~edgeport.spec.RetrySpec`
+#: (the flow applies the spec's ``registry.retry`` with :func:`tasks.register.with_retry_window`).
+#: Never cached: it uploads.
 report_task = task(
     report,
     name="report",
-    retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+    retries=len(retry_delays(_DEFAULT_RETRY)),
+    retry_delay_seconds=retry_delays(_DEFAULT_RETRY)[:50],  # Prefect's limit; it repeats the last
+    retry_jitter_factor=0.2,
+    retry_condition_fn=retry_transient_within(_DEFAULT_RETRY.window_s),
 )

@@ -252,5 +252,41 @@ def validate_onnx(
 # --- Prefect wrapper -------------------------------------------------------------------------
 from prefect import task  # noqa: E402
 
-#: Deterministic: a tolerance breach is not retried.
-validate_task = task(validate_onnx, name="validate", retries=0)
+from tasks import cache as _cache  # noqa: E402
+
+
+def _validate_cache_key(context: object, parameters: dict) -> str | None:
+    """Prefect cache key: sha256 of the model and of its reference (the FP32 ONNX model, or the
+    checkpoint and model section for the PyTorch reference), the inputs/outputs/validation
+    sections, the sample data's sha256, the report path and library versions. None (no
+    caching) when a file is missing: the step then fails with its own error."""
+    spec: PipelineSpec = parameters["spec"]
+    model_sha = _cache.file_digest(parameters["onnx_path"])
+    reference_onnx = parameters.get("reference_onnx")
+    if reference_onnx is None:
+        reference = {"torch": _cache.file_digest(spec.model.checkpoint), **_cache.sections(spec, "model")}
+        if reference["torch"] is None:
+            return None
+    else:
+        reference = {"onnx": _cache.file_digest(reference_onnx)}
+        if reference["onnx"] is None:
+            return None
+    if model_sha is None:
+        return None
+    report_path = parameters.get("report_path")
+    return _cache.step_key(
+        "validate",
+        model_sha256=model_sha,
+        reference=reference,
+        sections=_cache.sections(spec, "inputs", "outputs", "validation"),
+        data=_cache.data_digests(spec),
+        report_path=str(Path(report_path).resolve()) if report_path else None,
+        versions=_cache.library_versions(torch=reference_onnx is None),
+    )
+
+
+#: Deterministic: a tolerance breach is not retried (and, a failure, never cached). Cached
+#: (persisted result) on the models' sha256 + settings, so a re-run resumes.
+validate_task = task(
+    validate_onnx, name="validate", retries=0, cache_key_fn=_validate_cache_key, persist_result=True
+)

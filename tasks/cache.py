@@ -1,0 +1,117 @@
+"""Prefect cache keys of the pipeline's expensive deterministic steps, so that a re-run resumes.
+
+A pipeline run that failed late (the MLflow server stayed down past ``registry.retry.window_s``)
+is re-run with the same spec and output folder; the steps before registration then come back
+as Prefect ``Cached`` states instead of running again. Each step's key is built from:
+
+* the sha256 of every input file it reads (ONNX models, checkpoint, data sets): a changed file
+  is a different key, an unchanged file in another place is the same content;
+* the digests of the spec sections the step depends on (:func:`edgeport.spec.spec_digest`),
+  not of the whole spec, so changing e.g. a benchmark setting keeps the quantized models;
+* where it writes (the output folder or file), since the cached result names those paths;
+* the versions of the libraries that produce the result (edgeport, onnx, onnxruntime, torch
+  for steps that run PyTorch; the host name for benchmarks, which are measurements of a machine).
+
+Results are persisted by Prefect (``persist_result=True``) in its result storage
+(``PREFECT_LOCAL_STORAGE_PATH``, default ``$PREFECT_HOME/storage``). The flow checks a cached
+result's output files before using it and runs the step again (``refresh_cache=True``) when
+they were deleted or changed (:func:`files_intact`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+from typing import Any
+
+from edgeport.spec import PipelineSpec, spec_digest
+
+__all__ = ["data_digests", "file_digest", "files_intact", "library_versions", "sections", "step_key"]
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+_LOCK = threading.Lock()
+
+
+def file_digest(path: str | Path | None) -> str | None:
+    """sha256 (hex) of a file; None when ``path`` is None or not a file.
+
+    Memoized on (absolute path, size, mtime in ns): a key function may be asked several times
+    per run for the same large model or data set.
+    """
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    try:
+        p = p.resolve()
+        st = p.stat()
+    except OSError:
+        return None
+    if not p.is_file():
+        return None
+    memo = (str(p), st.st_size, st.st_mtime_ns)
+    with _LOCK:
+        if memo in _DIGESTS:
+            return _DIGESTS[memo]
+    digest = hashlib.sha256()
+    with p.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    value = digest.hexdigest()
+    with _LOCK:
+        _DIGESTS[memo] = value
+    return value
+
+
+def sections(spec: PipelineSpec, *names: str) -> dict[str, str | None]:
+    """``{section: spec_digest(section)}`` for the named top-level spec sections (None if unset)."""
+    out: dict[str, str | None] = {}
+    for name in names:
+        value = getattr(spec, name)
+        if value is None:
+            out[name] = None
+        elif isinstance(value, list):
+            out[name] = spec_digest({"items": [v.model_dump(mode="json") if hasattr(v, "model_dump") else v for v in value]})
+        elif hasattr(value, "model_dump"):
+            out[name] = spec_digest(value)
+        else:
+            out[name] = spec_digest({"value": value})
+    return out
+
+
+def data_digests(spec: PipelineSpec) -> dict[str, str | None]:
+    """sha256 of the data files the spec names (calibration and evaluation data sets)."""
+    return {
+        "calibration": file_digest(spec.calibration.dataset) if spec.calibration is not None else None,
+        "evaluation": file_digest(spec.evaluation.dataset) if spec.evaluation is not None else None,
+    }
+
+
+def library_versions(torch: bool = False) -> dict[str, str]:
+    """Versions of the libraries that shape a step's result (``torch`` for steps that run PyTorch)."""
+    import onnx
+    import onnxruntime
+
+    import edgeport
+
+    versions = {"edgeport": edgeport.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    if torch:
+        import torch as _torch
+
+        versions["torch"] = _torch.__version__
+    return versions
+
+
+def step_key(step: str, **parts: Any) -> str:
+    """The Prefect cache key ``edgeport-<step>-<sha256 of the parts' canonical JSON>``."""
+    return f"edgeport-{step}-" + spec_digest(parts)
+
+
+def files_intact(files: dict[str, str | None]) -> bool:
+    """True when every file exists and, where a sha256 is given, still has that content."""
+    for path, sha in files.items():
+        if not Path(path).is_file():
+            return False
+        if sha is not None and file_digest(path) != sha:
+            return False
+    return True
