@@ -41,15 +41,18 @@ def tables(summary_path: str | Path) -> str:
             f"| {name} | {r['phase']} | {r['calibration']} | {r['per_channel']} | {r['act/weight']} | {r['format']} | {r['op_types']} "
             f"| {r['exclude_top_k']} | {r[metric]} | {'pass' if r['passed'] else r['status']} | {r['p50_ms'] if r['p50_ms'] is not None else '-'} |"
         )
-    out += ["", "| FP32 reference | " + metric + " | p50 ms |", "|---|---|---|"]
+    out += ["", "| reference (same sweep) | kind | " + metric + " | p50 ms |", "|---|---|---|---|"]
     for ref in search["references"]:
-        out.append(f"| {ref['name']} | {ref['quality']:.5f} | {ref['p50_ms']:.4f} |" if ref["p50_ms"] else f"| {ref['name']} | - | - |")
+        kind = ref.get("kind", "fp32")
+        out.append(f"| {ref['name']} | {kind} | {ref['quality']:.5f} | {ref['p50_ms']:.4f} |" if ref["p50_ms"] else f"| {ref['name']} | {kind} | - | - |")
     w = search.get("winner")
     out.append("")
     if w:
-        speed = f"{w['speedup_vs_fastest_fp32']:.2f}x" if w.get("speedup_vs_fastest_fp32") else "n/a"
+        speed = f"{w['speedup_vs_fastest_fp32']:.2f}x vs the fastest FP32" if w.get("speedup_vs_fastest_fp32") else "n/a vs FP32"
+        if w.get("speedup_vs_fastest_handwritten"):
+            speed += f", {w['speedup_vs_fastest_handwritten']:.2f}x vs the fastest hand-written variant"
         out.append(
-            f"Winner {w['trial_id']}: {metric} {w['quality']:.5f}, p50 {w['p50_ms']:.4f} ms, {speed} vs the fastest FP32 "
+            f"Winner {w['trial_id']}: {metric} {w['quality']:.5f}, p50 {w['p50_ms']:.4f} ms, {speed} "
             f"(same interleaved benchmark); nodes kept in float: {w['nodes_to_exclude'] or 'none'}; pareto set: {', '.join(search['pareto'])}."
         )
     else:

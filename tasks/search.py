@@ -23,7 +23,8 @@ Strategy (:func:`plan_trials` and :func:`run_search`):
    trial's ``quantize_static`` reads, so trials differing in exclusions, per-channel, types or
    format never recalibrate.
 5. Trials that pass the gate are benchmarked on the objective target together with the FP32
-   reference(s) (``fp32``, ``fp32-optimized``), interleaved in rounds by
+   reference(s) (``fp32``, ``fp32-optimized``) and the hand-written variants that passed their
+   gates, interleaved in rounds by
    :func:`tasks.benchmark.benchmark_target`, so "faster than FP32" is measured in the same
    conditions. The **winner is the fastest passing trial** (lowest p50), not the first one
    to pass; the pareto set (p50 vs quality) is reported.
@@ -292,8 +293,8 @@ def select_winner(trials: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, 
 
 
 def plot_pareto(summary: dict[str, Any], path: str | Path) -> str | None:
-    """Latency vs quality of every trial (pareto front highlighted, FP32 reference(s) marked, the
-    quality budget drawn, the winner starred) into ``path`` (PNG); None without data."""
+    """Latency vs quality of every trial (pareto front highlighted, FP32 reference(s) and hand-written
+    variants marked, the quality budget drawn, the winner starred) into ``path`` (PNG); None without data."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -317,8 +318,9 @@ def plot_pareto(summary: dict[str, Any], path: str | Path) -> str | None:
     if failed:
         x_fail = max(xs) * 1.15 if xs else 1.0
         ax.scatter([x_fail] * len(failed), [quality_of(t) for t in failed], marker="x", c="tab:red", label="failed the gate (not benchmarked)")
-    for r in refs:
-        ax.scatter([r["p50_ms"]], [r["quality"]], marker="D", c="tab:green", s=60)
+    for r in refs:  # FP32: green diamonds; hand-written variants: grey squares
+        fp32 = r.get("kind", "fp32") == "fp32"
+        ax.scatter([r["p50_ms"]], [r["quality"]], marker="D" if fp32 else "s", c="tab:green" if fp32 else "tab:gray", s=60)
         ax.annotate(r["name"], (r["p50_ms"], r["quality"]), textcoords="offset points", xytext=(4, -10), fontsize=8)
     winner = summary.get("winner")
     if winner:
@@ -528,7 +530,12 @@ def run_search(spec: PipelineSpec, variants: list[dict[str, Any]], output_dir: s
     stopped = limit_reached() or stopped
 
     # Benchmarks: every passing trial with the FP32 reference(s), interleaved on the objective target.
-    references = [v for v in variants if v["kind"] == "fp32" and (v.get("validation") or {}).get("passed")]
+    # FP32 (the speed reference) and the hand-written variants that passed their gates (the search
+    # result must be no slower than them), all in the same interleaved sweep as the trials.
+    references = [
+        v for v in variants
+        if (v.get("validation") or {}).get("passed") and (v["kind"] == "fp32" or (v.get("evaluation") or {}).get("passed"))
+    ]
     passing = [t for t in trials if t["passed_quality"]]
     bench_results: dict[str, list[dict[str, Any]]] = {}
     if passing:
@@ -545,6 +552,7 @@ def run_search(spec: PipelineSpec, variants: list[dict[str, Any]], output_dir: s
         ev_r = r.get("evaluation") or (reference if r["name"] == "fp32" else None)
         refs.append({
             "name": r["name"],
+            "kind": r["kind"],
             "p50_ms": entry["p50_ms"] if entry and entry.get("status") == "ok" else None,
             "quality": (ev_r or {}).get("value"),
         })
@@ -561,7 +569,8 @@ def run_search(spec: PipelineSpec, variants: list[dict[str, Any]], output_dir: s
             break
         logger.warning("search: trial %s is fastest but failed validation; trying the next", cand["trial_id"])
 
-    fastest_fp32 = min((r["p50_ms"] for r in refs if r["p50_ms"] is not None), default=None)
+    fastest_fp32 = min((r["p50_ms"] for r in refs if r["p50_ms"] is not None and r["kind"] == "fp32"), default=None)
+    handwritten = [r["p50_ms"] for r in refs if r["p50_ms"] is not None and r["kind"] != "fp32"]
     summary: dict[str, Any] = {
         "search_id": search_id,
         "name": search.name,
@@ -587,7 +596,9 @@ def run_search(spec: PipelineSpec, variants: list[dict[str, Any]], output_dir: s
         speedup = (fastest_fp32 / winner["p50_ms"]) if fastest_fp32 else None
         summary["winner"] = {
             "trial_id": winner["trial_id"], "settings_hash": winner["settings_hash"], "p50_ms": winner["p50_ms"],
-            "quality": quality_of(winner), "speedup_vs_fastest_fp32": speedup, "settings": winner["settings"],
+            "quality": quality_of(winner), "speedup_vs_fastest_fp32": speedup,
+            "speedup_vs_fastest_handwritten": (min(handwritten) / winner["p50_ms"]) if handwritten else None,
+            "settings": winner["settings"],
             "nodes_to_exclude": winner["nodes_to_exclude"],
         }
         record = _winner_record(spec, search.name, winner, parent, summary, len(trials), Path(output_dir))

@@ -329,8 +329,12 @@ def plot_sensitivity(report: dict[str, Any], path: str | Path, top: int = 20) ->
     ax.set_yticks(range(len(rows)), labels, fontsize=7)
     ax.invert_yaxis()
     q = report["quantized"]["nsr"]
-    ax.set_xlabel(f"impact: noise-to-signal ratio removed by keeping the node in float (fully quantized: {q:.3g})")
-    ax.set_title(f"Sensitivity ({report['num_samples']} samples, {report['probes']} probes)", fontsize=10)
+    ax.set_xlabel("impact: noise-to-signal ratio removed by keeping the node in float")
+    ax.set_title(
+        f"Sensitivity: {report['num_samples']} samples, {report['probes']} probes; fully quantized NSR {q:.3g}, "
+        f"{report['metric']} {report['quantized']['metric']:.4f}",
+        fontsize=9,
+    )
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
