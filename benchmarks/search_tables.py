@@ -26,10 +26,12 @@ def tables(summary_path: str | Path) -> str:
     metric = search["metric"]
     obj = search["objective"]
     out = [
-        f"Search `{search['search_id']}`: {len(rows)} trials ({search['stopped']}), {search['calibrations']} calibration(s) "
-        f"computed ({search['calibrations_cached']} cached), sensitivity {search['sensitivity']['probes']} probes on "
-        f"{search['sensitivity']['num_samples']} samples, search {search['elapsed_s']:.0f} s; pipeline total "
-        f"{summary['timings_s'].get('total', 0):.0f} s (search step {summary['timings_s'].get('search', 0):.0f} s).",
+        (
+            f"Search `{search['search_id']}`: {len(rows)} trials ({search['stopped']}), {search['calibrations']} calibration(s) "
+            f"computed ({search['calibrations_cached']} cached), sensitivity {search['sensitivity']['probes']} probes on "
+            f"{search['sensitivity']['num_samples']} samples, search {search['elapsed_s']:.0f} s; pipeline total "
+            f"{summary['timings_s'].get('total', 0):.0f} s (search step {summary['timings_s'].get('search', 0):.0f} s)."
+        ),
         "",
         f"| trial | phase | calibration | per-ch | act/weight | format | op types | top-k excluded | {metric} | gate | p50 ms ({obj['target']}, b{obj['batch_size']}) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",

@@ -54,7 +54,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from edgeport.checkpoint import file_sha256
-from edgeport.errors import EdgeportError, QuantizationError, RegistryError, RegistryUnavailable
+from edgeport.errors import (
+    EdgeportError,
+    RegistryError,
+    RegistryUnavailable,
+)
 from edgeport.home import edgeport_home
 from edgeport.spec import PipelineSpec, QuantizationVariantSpec, spec_digest
 
@@ -480,7 +484,7 @@ def run_search(spec: PipelineSpec, variants: list[dict[str, Any]], output_dir: s
 
     def attempt(config: dict[str, Any], k: int, phase: int) -> bool | None:
         """Run one trial; True/False = passed the gate or not; None = a limit stopped it."""
-        if (why := limit_reached()) is not None:
+        if limit_reached() is not None:
             return None
         nodes = exclusions(ranking, config, k)
         settings = {**config, "exclude_top_k": k}
@@ -699,9 +703,9 @@ def log_search(tracking_uri: str, run_id: str, summary: dict[str, Any]) -> int:
         RegistryUnavailable: MLflow unreachable (transient: the task retries).
         RegistryError: MLflow refused a write.
     """
-    from mlflow import MlflowClient
     from mlflow.entities import Metric, Param, RunTag
 
+    from mlflow import MlflowClient
     from tasks.register import _flatten, is_transient
 
     client = MlflowClient(tracking_uri)

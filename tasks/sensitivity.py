@@ -41,7 +41,12 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgeport.data import iter_batches, load_input_arrays, load_labels, load_reference_embeddings
+from edgeport.data import (
+    iter_batches,
+    load_input_arrays,
+    load_labels,
+    load_reference_embeddings,
+)
 from edgeport.errors import EdgeportError, SpecError
 from edgeport.spec import PipelineSpec, QuantizationVariantSpec, SensitivitySpec
 

@@ -15,14 +15,19 @@ import numpy as np
 import onnx
 import pytest
 import yaml
-from mlflow import MlflowClient
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from edgeport.calibration import write_calibration_cache
 from edgeport.data import load_input_arrays
 from edgeport.errors import SpecError
-from edgeport.spec import PipelineSpec, QuantizationVariantSpec, SensitivitySpec, load_spec
+from edgeport.spec import (
+    PipelineSpec,
+    QuantizationVariantSpec,
+    SensitivitySpec,
+    load_spec,
+)
+from mlflow import MlflowClient
 from tasks.quantize import preprocess
 from tasks.search import select_winner
 from tasks.sensitivity import analyze_sensitivity, candidate_nodes, group_nodes
@@ -237,7 +242,12 @@ def test_search_logs_trials_as_nested_runs_and_plots(digits_search):
 
 def test_resumed_search_reuses_cached_trials(digits_search):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        TaskRunFilter,
+        TaskRunFilterName,
+    )
 
     first, second = digits_search["first"]["search"], digits_search["second"]["search"]
     assert [t["trial_id"] for t in second["trials"]] == [t["trial_id"] for t in first["trials"]]
