@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgeport.errors import EdgeportError
-from edgeport.servers import running_servers, servers_down, servers_dir, servers_env, servers_status, servers_up
+from edgeport.servers import running_servers, servers_dir, servers_down, servers_env, servers_status, servers_up
 
 __all__ = ["servers_app"]
 

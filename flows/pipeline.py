@@ -26,17 +26,17 @@ from prefect.events import emit_event
 from prefect.runtime import flow_run
 
 from edgeport.data import benchmark_samples_path
+from edgeport.errors import RegistryError, RegistryUnavailable
 from edgeport.home import default_output_dir
 from edgeport.spec import PipelineSpec, load_spec
 from flows.remote_benchmark import remote_benchmark_task
 from tasks.benchmark import benchmark_target_task
+from tasks.cache import files_intact
 from tasks.evaluate import evaluate_task
 from tasks.export import export_task, select_export_task, with_exporter
 from tasks.optimize import optimize_task
 from tasks.preflight import preflight_task
 from tasks.quantize import quantize_task
-from edgeport.errors import RegistryError, RegistryUnavailable
-from tasks.cache import files_intact
 from tasks.register import (
     check_tracking_uri_task,
     clear_pending_registration,

@@ -33,7 +33,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import mlflow.onnx
 import numpy as np
 import onnx
@@ -46,6 +45,7 @@ from mlflow.types import Schema, TensorSpec
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+import mlflow
 from edgeport import home
 from edgeport.errors import EdgeportError, RegistryError, RegistryUnavailable
 from edgeport.spec import PipelineSpec, RetrySpec, spec_digest
