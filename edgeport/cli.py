@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from edgeport.cli_common import console, err_console, fail
 from edgeport.errors import EdgeportError
 from edgeport.home import configure_runtime_env, default_output_dir, edgeport_home
 
@@ -41,8 +41,6 @@ from edgeport.cli_registry import register as _register_registry  # noqa: E402
 
 _register_registry(app)
 
-console = Console(width=None if Console().is_terminal else 180)
-err_console = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 140)
 
 EXIT_OK, EXIT_ERROR, EXIT_NO_CHALLENGER = 0, 1, 2
 
@@ -65,13 +63,6 @@ def _quiet_tracebacks() -> None:
             record.exc_info, record.exc_text, record.stack_info = saved
 
     PrefectFormatter.format = format_without_traceback  # type: ignore[method-assign]
-
-
-def _fail(exc: BaseException, debug: bool) -> None:
-    if debug:
-        raise exc
-    err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", soft_wrap=True)
-    raise typer.Exit(EXIT_ERROR)
 
 
 def print_summary(summary: dict) -> None:
@@ -146,7 +137,7 @@ def run(
     try:
         parsed = load_spec(spec)
     except EdgeportError as exc:
-        _fail(exc, debug)
+        fail(exc, debug)
     out = (output or default_output_dir(parsed.name)).resolve()
     from flows.pipeline import pipeline
 
@@ -155,9 +146,9 @@ def run(
     try:
         summary = pipeline(str(spec.resolve()), output_dir=str(out), tracking_uri=tracking_uri)
     except EdgeportError as exc:
-        _fail(exc, debug)
+        fail(exc, debug)
     except Exception as exc:  # an unexpected failure: still a message, not a traceback
-        _fail(exc, debug)
+        fail(exc, debug)
     print_summary(summary)
     console.print(f"summary: {out / 'summary.json'}")
     raise typer.Exit(EXIT_OK if summary["challenger"] else EXIT_NO_CHALLENGER)
@@ -171,7 +162,7 @@ def validate_spec(spec: Annotated[Path, typer.Argument(help="Pipeline spec (YAML
     try:
         parsed = load_spec(spec)
     except EdgeportError as exc:
-        _fail(exc, False)
+        fail(exc, False)
     console.print_json(parsed.model_dump_json())
     err_console.print(f"[green]valid[/]: {spec}")
 

@@ -48,10 +48,10 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from edgeport.cli_common import console, err_console, fail
 from edgeport.errors import DataError, EdgeportError, RuntimeLoadError, TargetError
 from edgeport.home import configure_runtime_env
 from edgeport.spec import InputSpec, PipelineSpec
@@ -83,9 +83,6 @@ _ONNX_DTYPES = {
 }
 
 EXIT_OK, EXIT_ERROR, EXIT_NOT_ALL_OK = 0, 1, 2
-
-console = Console(width=None if Console().is_terminal else 160)
-err_console = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 160)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -335,13 +332,6 @@ def _shape_text(spec: InputSpec) -> str:
 # --------------------------------------------------------------------------- command
 
 
-def _fail(exc: BaseException, debug: bool) -> None:
-    if debug:
-        raise exc
-    err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc))}", soft_wrap=True, highlight=False)
-    raise typer.Exit(EXIT_ERROR)
-
-
 def bench(
     model: Annotated[Path, typer.Argument(help="The .onnx file (external data next to it is used by ONNX Runtime, not read here).")],
     target: Annotated[
@@ -400,7 +390,7 @@ def bench(
             fixed, outputs, batch_sizes=sizes, warmup=warmup, max_runs=max_runs, time_budget_s=time_budget_s, timeout_s=timeout_s
         )
     except EdgeportError as exc:
-        _fail(exc, debug)
+        fail(exc, debug)
 
     err_console.print(f"model: {model}", markup=False, highlight=False)
     for spec_in in fixed:
@@ -428,7 +418,7 @@ def bench(
             try:
                 got = benchmark_variant(model, spec, TargetSpec(name=name), samples, folder)
             except EdgeportError as exc:
-                _fail(exc, debug)
+                fail(exc, debug)
             if work_dir is None:  # the temporary folder goes away: do not point at its files
                 got = [{**e, "latencies_path": None} if "latencies_path" in e else e for e in got]
             entries.extend(got)

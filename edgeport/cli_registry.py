@@ -22,26 +22,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from edgeport.cli_common import console, err_console, fail
 from edgeport.errors import EdgeportError
 from edgeport.home import configure_runtime_env
 
 __all__ = ["print_decision", "promote", "register", "rollback"]
 
 EXIT_PROMOTED, EXIT_ERROR, EXIT_REJECTED = 0, 1, 2
-
-console = Console(width=None if Console().is_terminal else 160)
-err_console = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 160)
-
-
-def _fail(exc: BaseException, debug: bool) -> None:
-    if debug:
-        raise exc
-    err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc))}", soft_wrap=True)
-    raise typer.Exit(EXIT_ERROR)
 
 
 def _prepare(debug: bool) -> None:
@@ -116,9 +106,9 @@ def promote(
             spec_path=str(spec.expanduser().resolve()) if spec else None,
         )
     except EdgeportError as exc:
-        _fail(exc, debug)
+        fail(exc, debug)
     except Exception as exc:  # noqa: BLE001 - unexpected: still a message, not a traceback
-        _fail(exc, debug)
+        fail(exc, debug)
     print_decision(decision)
     raise typer.Exit(EXIT_PROMOTED if decision["accepted"] else EXIT_REJECTED)
 
@@ -136,7 +126,7 @@ def rollback(
     try:
         result = rollback_flow(model, tracking_uri=tracking_uri, spec_path=str(spec.expanduser().resolve()) if spec else None)
     except Exception as exc:  # noqa: BLE001 - EdgeportError or unexpected: a message, not a traceback
-        _fail(exc, debug)
+        fail(exc, debug)
     console.print(
         f"[green]rolled back[/]: {model} champion version {result['from_version']} -> version {result['to_version']}; "
         "previous-champion removed"

@@ -18,9 +18,9 @@ import shlex
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from edgeport.cli_common import console, fail
 from edgeport.errors import EdgeportError
 from edgeport.servers import running_servers, servers_dir, servers_down, servers_env, servers_status, servers_up
 
@@ -32,13 +32,6 @@ servers_app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console(width=None if Console().is_terminal else 160)
-err_console = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 160)
-
-
-def _fail(exc: BaseException) -> None:
-    err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", soft_wrap=True, markup=True, highlight=False)
-    raise typer.Exit(1)
 
 
 @servers_app.command("up")
@@ -53,7 +46,7 @@ def up(
     try:
         state = servers_up(host=host, mlflow_port=mlflow_port, prefect_port=prefect_port, timeout_s=timeout)
     except EdgeportError as exc:
-        _fail(exc)
+        fail(exc)
     word = "already running" if already is not None else "started"
     console.print(f"edgeport servers {word} (state: {servers_dir()})", highlight=False)
     console.print(f"  MLflow   {state.mlflow_url}   (pid {state.mlflow_pid})", highlight=False)
@@ -69,7 +62,7 @@ def down(
     try:
         servers_down(timeout_s=timeout)
     except EdgeportError as exc:
-        _fail(exc)
+        fail(exc)
     console.print("edgeport servers stopped", highlight=False)
 
 
@@ -101,7 +94,7 @@ def env() -> None:
     try:
         variables = servers_env()
     except EdgeportError as exc:
-        _fail(exc)
+        fail(exc)
     for key, value in variables.items():
         typer.echo(f"export {key}={shlex.quote(value)}")
 

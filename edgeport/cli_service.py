@@ -19,25 +19,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from edgeport.cli_common import console, fail
 from edgeport.errors import CheckpointError, DeploymentError, EdgeportError
 
 __all__ = ["emit_checkpoint_created", "emit_confirmed", "register"]
 
-console = Console(width=None if Console().is_terminal else 160)
-err_console = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 160)
 
 #: Seconds to wait for the Prefect server to take the event.
 EMIT_TIMEOUT_S = 30.0
-
-
-def _fail(exc: BaseException, debug: bool = False) -> None:
-    if debug:
-        raise exc
-    err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", soft_wrap=True, highlight=False)
-    raise typer.Exit(1)
 
 
 def _require_prefect_api() -> str:
@@ -134,7 +125,7 @@ def register(app: typer.Typer) -> None:
             _require_prefect_api()
             rows = apply_deployments(plan_deployments(spec, pool, cron))
         except EdgeportError as exc:
-            _fail(exc, debug)
+            fail(exc, debug)
         table = Table(title="edgeport deployments")
         for col in ("deployment", "work pool", "schedule", "trigger"):
             table.add_column(col)
@@ -159,7 +150,7 @@ def register(app: typer.Typer) -> None:
         try:
             sent = emit_checkpoint_created(path, spec)
         except EdgeportError as exc:
-            _fail(exc, debug)
+            fail(exc, debug)
         console.print(
             f"emitted {sent['event']} {sent['resource']['prefect.resource.id']} "
             f"(spec {sent['payload']['spec_name']}, event id {sent['event_id']})",

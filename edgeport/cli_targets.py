@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from edgeport.cli_common import console, err_console
 from edgeport.errors import EdgeportError
 from edgeport.targets import (
     ENVIRONMENTS,
@@ -35,8 +35,6 @@ targets_app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console(width=None if Console().is_terminal else 160)
-err_console = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 160)
 
 
 def _providers_text(settings: dict) -> str:

@@ -42,20 +42,10 @@ def promotion_lock(registered_model: str, timeout_s: float | None = 600.0) -> It
     Raises:
         TimeoutError: the slot stayed taken for ``timeout_s`` seconds (Prefect's own error).
     """
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.concurrency.sync import concurrency
-    from prefect.exceptions import ObjectNotFound
+    from edgeport.limits import hold_slot
 
-    name = promotion_limit_name(registered_model)
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            with contextlib.suppress(Exception):  # another run created it meanwhile
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
     # strict: never run unserialised if the limit could not be created
-    with concurrency(name, occupy=1, timeout_seconds=timeout_s, lease_duration=LEASE_S, strict=True):
+    with hold_slot(promotion_limit_name(registered_model), lease_duration_s=LEASE_S, timeout_s=timeout_s, strict=True):
         yield
 
 

@@ -278,19 +278,9 @@ def _one_benchmark_per_host():
     if FlowRunContext.get() is None and TaskRunContext.get() is None:
         yield
         return
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.concurrency.sync import concurrency
-    from prefect.exceptions import ObjectNotFound
+    from edgeport.limits import hold_slot
 
-    name = host_concurrency_limit()
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            with contextlib.suppress(Exception):  # another run created it meanwhile
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-    with concurrency(name, occupy=1, lease_duration=300.0):
+    with hold_slot(host_concurrency_limit(), lease_duration_s=300.0):
         yield
 
 

@@ -32,11 +32,13 @@ def preflight(spec: PipelineSpec) -> dict[str, Any]:
         RuntimeLoadError: ``export.opset`` is beyond the installed onnx / ONNX Runtime.
         DataError: a data file is missing, empty, has no labels (top1) or reference embeddings
             of shape (n, dim) (cosine), or does not fit the inputs.
-        TargetError: a target's managed environment is not set up.
+        TargetError: a local target's managed environment is not set up (targets with a
+            ``work_pool`` run on their device's worker and are checked there).
     """
     check_opset_supported(spec.export.opset)
     for target in spec.targets:
-        resolve_target(target)  # TargetError now, not after export: unknown EP, managed env not set up
+        if target.work_pool is None:  # a remote target's EPs and environment are the device's, checked there
+            resolve_target(target)  # TargetError now, not after export: unknown EP, managed env not set up
     model = load_model(spec.model)
     check_forward(spec, model, batch_arrays(reference_samples(spec, EXAMPLE_BATCH), EXAMPLE_BATCH))
     report: dict[str, Any] = {

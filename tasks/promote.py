@@ -60,7 +60,7 @@ from edgeport.errors import (
     RegistryUnavailable,
 )
 from edgeport.spec import PromotionSpec
-from tasks.register import _first_line, _redact, check_tracking_uri, is_transient
+from tasks.register import check_tracking_uri, first_line, is_transient, redact_uri
 
 __all__ = [
     "CHAMPION",
@@ -245,11 +245,11 @@ def _registry_call(what: str, tracking_uri: str, fn: Any, *args: Any, **kwargs: 
         return fn(*args, **kwargs)
     except MlflowException as exc:
         if is_transient(exc):
-            raise RegistryUnavailable(f"MLflow at {_redact(tracking_uri)} did not answer ({what}): {_first_line(exc)}") from exc
-        raise RegistryError(f"MLflow at {_redact(tracking_uri)} refused {what}: {_first_line(exc)}") from exc
+            raise RegistryUnavailable(f"MLflow at {redact_uri(tracking_uri)} did not answer ({what}): {first_line(exc)}") from exc
+        raise RegistryError(f"MLflow at {redact_uri(tracking_uri)} refused {what}: {first_line(exc)}") from exc
     except Exception as exc:
         if is_transient(exc):
-            raise RegistryUnavailable(f"MLflow at {_redact(tracking_uri)} did not answer ({what}): {_first_line(exc)}") from exc
+            raise RegistryUnavailable(f"MLflow at {redact_uri(tracking_uri)} did not answer ({what}): {first_line(exc)}") from exc
         raise
 
 
@@ -258,8 +258,8 @@ def _require_model(client: MlflowClient, name: str, tracking_uri: str) -> Any:
         return client.get_registered_model(name)
     except MlflowException as exc:
         if _not_found(exc):
-            raise PromotionError(f"registered model {name!r} not found at {_redact(tracking_uri)}") from exc
-        raise RegistryError(f"MLflow at {_redact(tracking_uri)}: cannot read registered model {name!r}: {_first_line(exc)}") from exc
+            raise PromotionError(f"registered model {name!r} not found at {redact_uri(tracking_uri)}") from exc
+        raise RegistryError(f"MLflow at {redact_uri(tracking_uri)}: cannot read registered model {name!r}: {first_line(exc)}") from exc
 
 
 def _alias_version(model: Any, alias: str) -> str | None:
@@ -314,7 +314,7 @@ def _record(client: MlflowClient, mv: Any, target: str, batch_size: int, trackin
         run = client.get_run(run_id)
     except MlflowException as exc:
         if _not_found(exc):
-            raise PromotionError(f"{name} version {version}: its run {run_id} is gone from {_redact(tracking_uri)}") from exc
+            raise PromotionError(f"{name} version {version}: its run {run_id} is gone from {redact_uri(tracking_uri)}") from exc
         raise
     metrics, tags = run.data.metrics, run.data.tags
     suffix = f"{target}.b{batch_size}"
@@ -525,7 +525,7 @@ def promote(
         previous_champion_version=champion_version if accepted else None,
         policy=policy.model_dump(mode="json"),
         decided_at=_now(),
-        tracking_uri=_redact(tracking_uri),
+        tracking_uri=redact_uri(tracking_uri),
     )
     if accepted:
         _apply(client, decision, tracking_uri)
@@ -632,7 +632,7 @@ def rollback(registered_model: str, tracking_uri: str, emit_events: bool = True)
         raise PromotionError(
             f"{registered_model}: no {PREVIOUS_CHAMPION!r} alias, nothing to roll back to (champion: {current or 'none'})"
         )
-    result = RollbackResult(registered_model, current, previous, _now(), _redact(tracking_uri))
+    result = RollbackResult(registered_model, current, previous, _now(), redact_uri(tracking_uri))
     try:
         _registry_call("setting champion", tracking_uri, client.set_registered_model_alias, registered_model, CHAMPION, previous)
         _registry_call("removing previous-champion", tracking_uri, client.delete_registered_model_alias, registered_model, PREVIOUS_CHAMPION)

@@ -57,8 +57,10 @@ __all__ = [
     "check_tracking_uri_task",
     "clear_pending_registration",
     "ensure_experiment",
+    "first_line",
     "mlflow_http_settings",
     "read_pending_registration",
+    "redact_uri",
     "register_pipeline",
     "register_task",
     "resolve_tracking_uri",
@@ -106,7 +108,7 @@ def resolve_tracking_uri(spec_uri: str | None, override: str | None) -> str:
     return home.default_tracking_uri()
 
 
-def _redact(uri: str) -> str:
+def redact_uri(uri: str) -> str:
     """``uri`` without the password of a ``scheme://user:password@host`` part."""
     return re.sub(r"//([^/:@]*):[^/@]*@", r"//\1:***@", uri)
 
@@ -252,12 +254,12 @@ def check_tracking_uri(uri: str, attempts: int = 3, backoff_s: float = 1.0, time
         except Exception as exc:  # noqa: BLE001 - classified below
             last = exc
             if not is_transient(exc) and _is_bad_uri(exc):
-                raise RegistryError(f"MLflow tracking URI {_redact(uri)!r} is not usable: {exc}") from exc
-            logger.warning("MLflow at %s did not answer (attempt %d/%d): %s", uri, attempt, attempts, _first_line(exc))
+                raise RegistryError(f"MLflow tracking URI {redact_uri(uri)!r} is not usable: {exc}") from exc
+            logger.warning("MLflow at %s did not answer (attempt %d/%d): %s", uri, attempt, attempts, first_line(exc))
             if attempt < attempts:
                 time.sleep(backoff_s * 2 ** (attempt - 1))
     raise RegistryUnavailable(
-        f"MLflow tracking server {_redact(uri)} is unreachable after {attempts} attempt(s): {_first_line(last)}"
+        f"MLflow tracking server {redact_uri(uri)} is unreachable after {attempts} attempt(s): {first_line(last)}"
     ) from last
 
 
@@ -266,7 +268,8 @@ def _is_bad_uri(exc: BaseException) -> bool:
     return "could not find a registered" in text or ("unsupported" in text and "uri" in text) or "invalid url" in text
 
 
-def _first_line(exc: BaseException | None) -> str:
+def first_line(exc: BaseException | None) -> str:
+    """``"<ExceptionType>: <first line of the message>"`` (at most 500 characters), for error messages."""
     text = f"{type(exc).__name__}: {exc}" if exc is not None else "unknown error"
     return text.strip().splitlines()[0][:500] if text.strip() else type(exc).__name__
 
@@ -657,7 +660,7 @@ def _register(
                 run_id = parent.info.run_id
                 spec_params = _flatten(spec.model_dump(mode="json"))
                 if "registry.tracking_uri" in spec_params:  # never log credentials in a URI
-                    spec_params["registry.tracking_uri"] = _redact(spec_params["registry.tracking_uri"])
+                    spec_params["registry.tracking_uri"] = redact_uri(spec_params["registry.tracking_uri"])
                 mlflow.log_params(spec_params)
                 if spec_path.is_file():
                     mlflow.log_artifact(str(spec_path), artifact_path="spec")
@@ -706,9 +709,9 @@ def _register(
         undone = f"; deleted the {len(created)} version(s) it had created ({', '.join(created)})" if created else ""
         if is_transient(exc):
             raise RegistryUnavailable(
-                f"MLflow at {_redact(tracking_uri)} became unreachable while registering {model_name!r}{undone}: {_first_line(exc)}"
+                f"MLflow at {redact_uri(tracking_uri)} became unreachable while registering {model_name!r}{undone}: {first_line(exc)}"
             ) from exc
-        raise RegistryError(f"registration of {model_name!r} at {_redact(tracking_uri)} failed{undone}: {_first_line(exc)}") from exc
+        raise RegistryError(f"registration of {model_name!r} at {redact_uri(tracking_uri)} failed{undone}: {first_line(exc)}") from exc
 
 
 def _parent_tags(spec: PipelineSpec, spec_path: Path, flow_run: dict | None) -> dict[str, str]:
@@ -1057,13 +1060,13 @@ def write_pending_registration(
     earlier = read_pending_registration(output_dir)
     same = (
         earlier is not None
-        and earlier.get("tracking_uri") == _redact(tracking_uri)
+        and earlier.get("tracking_uri") == redact_uri(tracking_uri)
         and earlier.get("registered_model") == spec.registry.registered_model
     )
     record = {
         "status": "pending",
         "registration_id": earlier["registration_id"] if same else uuid.uuid4().hex,
-        "tracking_uri": _redact(tracking_uri),
+        "tracking_uri": redact_uri(tracking_uri),
         "registered_model": spec.registry.registered_model,
         "alias": spec.registry.alias,
         "spec": str(Path(spec_path).resolve()),

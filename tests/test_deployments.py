@@ -241,3 +241,21 @@ def test_pipeline_checkpoint_parameter_is_checked_by_preflight(prefect_harness, 
     spec = write_spec(tmp_path / "spec", data)
     with pytest.raises(CheckpointError, match="gone.pt"):
         pipeline(str(spec), output_dir=str(tmp_path / "out"), checkpoint=str(tmp_path / "gone.pt"))
+
+
+def test_preflight_leaves_a_remote_targets_environment_to_its_device(tmp_path: Path, digits_artifacts, monkeypatch):
+    """A target benchmarked by a work pool's worker is checked on that device, not here: the
+    managed OpenVINO environment missing on this host fails preflight for a local target only."""
+    from edgeport.errors import TargetError
+    from edgeport.spec import PipelineSpec
+    from tasks.preflight import preflight
+
+    monkeypatch.setenv("EDGEPORT_ENVS", str(tmp_path / "no-envs"))
+    local = digits_spec_dict(digits_artifacts)
+    local["targets"] = [{"name": "cpu"}, {"name": "openvino-cpu"}]
+    with pytest.raises(TargetError, match="openvino"):
+        preflight(PipelineSpec.model_validate(local))
+    remote = digits_spec_dict(digits_artifacts)
+    remote["targets"] = [{"name": "cpu"}, {"name": "openvino-cpu", "work_pool": "edge-box"}]
+    report = preflight(PipelineSpec.model_validate(remote))
+    assert report["checkpoint_sha256"]
