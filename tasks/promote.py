@@ -60,7 +60,7 @@ from edgeport.errors import (
     RegistryUnavailable,
 )
 from edgeport.spec import PromotionSpec
-from tasks.register import check_tracking_uri, first_line, is_transient, redact_uri
+from tasks.register import check_tracking_uri, first_line, is_transient, redact_uri, retry_if_transient
 
 __all__ = [
     "CHAMPION",
@@ -691,17 +691,11 @@ def _publish(markdown: str, registered_model: str, description: str) -> None:
     create_markdown_artifact(markdown=markdown, key=key, description=description)
 
 
-def _retry_transient(task_: Any, task_run: Any, state: Any) -> bool:
-    from tasks.register import retry_if_transient
-
-    return retry_if_transient(task_, task_run, state)
-
-
 #: Prefect task around :func:`promote`: 2 retries on transient MLflow errors only; never cached.
 promote_task = task(
-    promote, name="promote", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 8], retry_condition_fn=_retry_transient
+    promote, name="promote", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 8], retry_condition_fn=retry_if_transient
 )
 #: Prefect task around :func:`rollback`: 2 retries on transient MLflow errors only; never cached.
 rollback_task = task(
-    rollback, name="rollback", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 8], retry_condition_fn=_retry_transient
+    rollback, name="rollback", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 8], retry_condition_fn=retry_if_transient
 )

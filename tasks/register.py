@@ -58,6 +58,7 @@ __all__ = [
     "clear_pending_registration",
     "ensure_experiment",
     "first_line",
+    "flatten_params",
     "mlflow_http_settings",
     "read_pending_registration",
     "redact_uri",
@@ -411,16 +412,17 @@ def _param_value(value: Any) -> str:
     return text if len(text) <= 6000 else text[:5997] + "..."
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, str]:
-    """Dotted-key params from nested dicts; lists of named dicts are keyed by their name."""
+def flatten_params(data: Any, prefix: str = "") -> dict[str, str]:
+    """Dotted-key MLflow params from nested dicts (``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``); lists
+    of named dicts are keyed by their name."""
     out: dict[str, str] = {}
     if isinstance(data, dict):
         for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten_params(value, f"{prefix}{key}."))
     elif isinstance(data, list) and data and all(isinstance(v, dict) and isinstance(v.get("name"), str) for v in data):
         for item in data:
             rest = {k: v for k, v in item.items() if k != "name"}
-            out.update(_flatten(rest, f"{prefix}{item['name']}."))
+            out.update(flatten_params(rest, f"{prefix}{item['name']}."))
     else:
         out[_metric_key(prefix.rstrip("."))] = _param_value(data)
     return out
@@ -658,7 +660,7 @@ def _register(
                 description=f"edgeport pipeline {spec.name}: {len(variants)} variant(s)",
             ) as parent:
                 run_id = parent.info.run_id
-                spec_params = _flatten(spec.model_dump(mode="json"))
+                spec_params = flatten_params(spec.model_dump(mode="json"))
                 if "registry.tracking_uri" in spec_params:  # never log credentials in a URI
                     spec_params["registry.tracking_uri"] = redact_uri(spec_params["registry.tracking_uri"])
                 mlflow.log_params(spec_params)
@@ -773,7 +775,7 @@ def _log_variant(
         if variant.get("opset") is not None:
             params["opset"] = str(variant["opset"])
         if variant.get("quantization"):
-            params.update(_flatten(_jsonable(variant["quantization"]), "quantization."))
+            params.update(flatten_params(_jsonable(variant["quantization"]), "quantization."))
         mlflow.log_params(params)
         mlflow.log_metrics(_variant_metrics(variant))
         for key in ("validation", "evaluation", "benchmarks", "quantization", "lineage"):
@@ -1018,15 +1020,7 @@ _DEFAULT_RETRY = RetrySpec()
 #: Prefect task around :func:`register_pipeline`: retries transient errors only, within the
 #: default window of :class:`~edgeport.spec.RetrySpec` (the flow applies the spec's
 #: ``registry.retry`` with :func:`with_retry_window`); never cached.
-register_task = task(
-    register_pipeline,
-    name="register",
-    cache_policy=NO_CACHE,
-    retries=len(retry_delays(_DEFAULT_RETRY)),
-    retry_delay_seconds=retry_delays(_DEFAULT_RETRY)[:PREFECT_MAX_RETRY_DELAYS],
-    retry_jitter_factor=0.2,
-    retry_condition_fn=retry_transient_within(_DEFAULT_RETRY.window_s),
-)
+register_task = with_retry_window(task(register_pipeline, name="register", cache_policy=NO_CACHE), _DEFAULT_RETRY)
 
 
 # --------------------------------------------------------------------------- pending registration

@@ -18,7 +18,7 @@ import numpy as np
 from edgeport.errors import RegistryError, RegistryUnavailable
 from edgeport.spec import PipelineSpec
 from tasks.benchmark import load_latencies
-from tasks.register import is_transient, mlflow_http_settings, retry_delays, retry_transient_within
+from tasks.register import is_transient, mlflow_http_settings, with_retry_window
 
 logger = logging.getLogger("edgeport.report")
 
@@ -181,12 +181,4 @@ _DEFAULT_RETRY = RetrySpec()
 #: Retries transient errors only, within the default window of :class:`~edgeport.spec.RetrySpec`
 #: (the flow applies the spec's ``registry.retry`` with :func:`tasks.register.with_retry_window`).
 #: Never cached: it uploads.
-report_task = task(
-    report,
-    name="report",
-    cache_policy=NO_CACHE,
-    retries=len(retry_delays(_DEFAULT_RETRY)),
-    retry_delay_seconds=retry_delays(_DEFAULT_RETRY)[:50],  # Prefect's limit; it repeats the last
-    retry_jitter_factor=0.2,
-    retry_condition_fn=retry_transient_within(_DEFAULT_RETRY.window_s),
-)
+report_task = with_retry_window(task(report, name="report", cache_policy=NO_CACHE), _DEFAULT_RETRY)

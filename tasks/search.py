@@ -61,6 +61,7 @@ from edgeport.errors import (
 )
 from edgeport.home import edgeport_home
 from edgeport.spec import PipelineSpec, QuantizationVariantSpec, spec_digest
+from tasks.register import flatten_params, is_transient, retry_if_transient
 
 logger = logging.getLogger("edgeport.search")
 
@@ -706,7 +707,6 @@ def log_search(tracking_uri: str, run_id: str, summary: dict[str, Any]) -> int:
     from mlflow.entities import Metric, Param, RunTag
 
     from mlflow import MlflowClient
-    from tasks.register import _flatten, is_transient
 
     client = MlflowClient(tracking_uri)
     created = 0
@@ -731,7 +731,7 @@ def log_search(tracking_uri: str, run_id: str, summary: dict[str, Any]) -> int:
                 "edgeport.search.winner": str(bool(summary["winner"] and summary["winner"]["trial_id"] == t["trial_id"])).lower(),
             }
             run = client.create_run(exp, run_name=t["trial_id"], tags=tags)
-            params = _flatten({**t["settings"], "nodes_to_exclude": t["nodes_to_exclude"], "phase": t["phase"]})
+            params = flatten_params({**t["settings"], "nodes_to_exclude": t["nodes_to_exclude"], "phase": t["phase"]})
             metrics = {"quality": quality_of(t), "p50_ms": t.get("p50_ms"), "size_bytes": t.get("size_bytes")}
             if t.get("evaluation"):
                 metrics["quality_drop"] = t["evaluation"].get("drop")
@@ -762,17 +762,11 @@ def log_search(tracking_uri: str, run_id: str, summary: dict[str, Any]) -> int:
     return created
 
 
-def _retry_transient(task_: Any, task_run: Any, state: Any) -> bool:
-    from tasks.register import retry_if_transient
-
-    return retry_if_transient(task_, task_run, state)
-
-
 log_search_task = task(
     log_search,
     name="search-log",
     cache_policy=NO_CACHE,
     retries=3,
     retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_condition_fn=_retry_transient,
+    retry_condition_fn=retry_if_transient,
 )
