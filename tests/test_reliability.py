@@ -212,7 +212,6 @@ def test_outage_past_the_window_fails_cleanly_and_the_rerun_resumes_from_cache(m
     assert set(cache["quantize"]) == {v["name"] for v in summary["variants"] if v["kind"] != "fp32"}
     # the cached measurements are the same ones
     assert [v["benchmarks"] for v in resumed["variants"]] == [v["benchmarks"] for v in summary["variants"]]
-    assert resumed["timings_s"]["benchmark"] < summary["timings_s"]["benchmark"]
     registration = json.loads((out / "registration.json").read_text())
     assert registration["registration_id"] == pending["registration_id"]
     assert not (out / PENDING_FILE).exists()
