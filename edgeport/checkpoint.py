@@ -6,7 +6,6 @@ needs arbitrary code to unpickle is refused rather than executed.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.machinery
 import pickle
@@ -22,16 +21,7 @@ if TYPE_CHECKING:
 
     from edgeport.spec import ModelSpec
 
-__all__ = ["file_sha256", "import_factory", "load_model", "load_state_dict"]
-
-
-def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    """sha256 (hex) of a file, read in chunks of ``chunk_bytes``."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
+__all__ = ["import_factory", "load_model", "load_state_dict"]
 
 
 def import_factory(spec: ModelSpec) -> Any:

@@ -22,7 +22,14 @@ from rich.table import Table
 
 from edgeport.cli_common import console, fail
 from edgeport.errors import EdgeportError
-from edgeport.servers import running_servers, servers_dir, servers_down, servers_env, servers_status, servers_up
+from edgeport.servers import (
+    running_servers,
+    servers_dir,
+    servers_down,
+    servers_env,
+    servers_status,
+    servers_up,
+)
 
 __all__ = ["servers_app"]
 

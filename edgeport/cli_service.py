@@ -76,7 +76,7 @@ def emit_checkpoint_created(checkpoint: str | Path, spec_path: str | Path) -> di
     from prefect.events import Event
 
     from deployments.deploy import CHECKPOINT_EVENT, checkpoint_resource_id
-    from edgeport.checkpoint import file_sha256
+    from edgeport.files import file_sha256
     from edgeport.spec import load_spec
 
     path = Path(checkpoint).expanduser().resolve()

@@ -72,7 +72,9 @@ def configure_runtime_env() -> None:
     loggers through Prefect's log handlers at INFO and quiets the exporters' INFO chatter.
     """
     if "PREFECT_API_URL" not in os.environ and "PREFECT_HOME" not in os.environ:
-        from edgeport.servers import running_servers  # lazy: servers imports this module
+        from edgeport.servers import (
+            running_servers,  # lazy: servers imports this module
+        )
 
         state = running_servers()
         if state is not None:  # `edgeport servers up` runs a Prefect server: use it

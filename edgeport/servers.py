@@ -41,7 +41,12 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from edgeport.errors import PortInUseError, ServerError, ServersNotRunning, ServerStartError
+from edgeport.errors import (
+    PortInUseError,
+    ServerError,
+    ServersNotRunning,
+    ServerStartError,
+)
 from edgeport.home import edgeport_home
 
 __all__ = [

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -33,6 +32,8 @@ from prefect.cache_policies import NO_CACHE
 
 from edgeport import runner as _runner
 from edgeport.errors import DataError, TargetError
+from edgeport.prefect_context import in_prefect_run
+from edgeport.processes import signal_group
 from edgeport.spec import PipelineSpec, TargetSpec
 from edgeport.targets import CURRENT_ENV, ResolvedTarget, resolve_target, runtime_info
 
@@ -173,7 +174,7 @@ def benchmark_variant(
         stdout, stderr = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         timed_out = True
-        _kill_group(proc)
+        signal_group(proc.pid)  # the runner and anything it started (it leads its own session)
         stdout, stderr = proc.communicate()
     (output_dir / f"{stem}.stderr.log").write_text(stderr or "")
 
@@ -273,9 +274,7 @@ def _one_benchmark_per_host():
     The limit is created with 1 slot when missing, so two pipeline runs on one machine
     take turns instead of sharing its cores.
     """
-    from prefect.context import FlowRunContext, TaskRunContext
-
-    if FlowRunContext.get() is None and TaskRunContext.get() is None:
+    if not in_prefect_run():
         yield
         return
     from edgeport.limits import hold_slot
@@ -342,14 +341,6 @@ def benchmark_target(
         name: [combine_rounds([entries[i] for entries in runs], 2.0) for i in range(len(runs[0]))]
         for name, runs in collected.items()
     }
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the runner and anything it started (it leads its own session)."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError, AttributeError):
-        proc.kill()
 
 
 def _signal_name(signum: int) -> str:

@@ -20,11 +20,11 @@ they were deleted or changed (:func:`files_intact`).
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from pathlib import Path
 from typing import Any
 
+from edgeport.files import file_sha256
 from edgeport.spec import PipelineSpec, spec_digest
 
 __all__ = ["data_digests", "file_digest", "files_intact", "library_versions", "sections", "step_key"]
@@ -53,11 +53,7 @@ def file_digest(path: str | Path | None) -> str | None:
     with _LOCK:
         if memo in _DIGESTS:
             return _DIGESTS[memo]
-    digest = hashlib.sha256()
-    with p.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    value = digest.hexdigest()
+    value = file_sha256(p)
     with _LOCK:
         _DIGESTS[memo] = value
     return value

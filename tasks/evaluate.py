@@ -24,7 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from edgeport.data import iter_batches, load_input_arrays, load_labels, load_reference_embeddings
+from edgeport.data import (
+    iter_batches,
+    load_input_arrays,
+    load_labels,
+    load_reference_embeddings,
+)
 from edgeport.errors import DataError, SpecError
 from edgeport.spec import PipelineSpec
 from tasks.validate import ort_session

@@ -19,9 +19,16 @@ from pathlib import Path
 import onnx
 
 import edgeport
-from edgeport.checkpoint import file_sha256, load_model
+from edgeport.checkpoint import load_model
 from edgeport.data import batch_arrays, benchmark_samples_path, reference_samples
-from edgeport.errors import CheckpointError, ExportError, RuntimeLoadError, SpecError, ValidationFailed
+from edgeport.errors import (
+    CheckpointError,
+    ExportError,
+    RuntimeLoadError,
+    SpecError,
+    ValidationFailed,
+)
+from edgeport.files import file_sha256
 from edgeport.home import export_cache_dir
 from edgeport.spec import PipelineSpec, spec_digest
 

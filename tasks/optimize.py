@@ -33,8 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeport.checkpoint import file_sha256
 from edgeport.errors import OptimizationError
+from edgeport.files import file_sha256
 
 logger = logging.getLogger("edgeport.optimize")
 

@@ -10,9 +10,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgeport.checkpoint import file_sha256, load_model
-from edgeport.data import batch_arrays, load_input_arrays, load_labels, load_reference_embeddings, num_samples_of, reference_samples
+from edgeport.checkpoint import load_model
+from edgeport.data import (
+    batch_arrays,
+    load_input_arrays,
+    load_labels,
+    load_reference_embeddings,
+    num_samples_of,
+    reference_samples,
+)
 from edgeport.errors import DataError
+from edgeport.files import file_sha256
 from edgeport.spec import PipelineSpec
 from edgeport.targets import resolve_target
 from tasks.export import EXAMPLE_BATCH, check_forward, check_opset_supported

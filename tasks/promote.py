@@ -60,7 +60,13 @@ from edgeport.errors import (
     RegistryUnavailable,
 )
 from edgeport.spec import PromotionSpec
-from tasks.register import check_tracking_uri, first_line, is_transient, redact_uri, retry_if_transient
+from tasks.register import (
+    check_tracking_uri,
+    first_line,
+    is_transient,
+    redact_uri,
+    retry_if_transient,
+)
 
 __all__ = [
     "CHAMPION",

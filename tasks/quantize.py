@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgeport.checkpoint import file_sha256
 from edgeport.data import iter_batches, load_input_arrays
 from edgeport.errors import QuantizationError
+from edgeport.files import file_sha256
 from edgeport.spec import PipelineSpec, QuantizationVariantSpec
 
 logger = logging.getLogger("edgeport.quantize")
@@ -337,7 +337,13 @@ def _quantize_int8(
     calibration_cache: str | Path | None = None,
 ) -> None:
     """quantize_static (on a fresh chunked-calibration cache) or quantize_dynamic, into ``out``."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
 
     from edgeport.calibration import write_calibration_cache
 

@@ -101,7 +101,9 @@ def resolve_tracking_uri(spec_uri: str | None, override: str | None) -> str:
     for uri in (override, spec_uri, os.environ.get("MLFLOW_TRACKING_URI")):
         if uri is not None and str(uri).strip():
             return str(uri).strip()
-    from edgeport.servers import running_servers  # lazy: servers is optional at import time
+    from edgeport.servers import (
+        running_servers,  # lazy: servers is optional at import time
+    )
 
     state = running_servers()
     if state is not None:

@@ -53,12 +53,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from edgeport.checkpoint import file_sha256
 from edgeport.errors import (
     EdgeportError,
     RegistryError,
     RegistryUnavailable,
 )
+from edgeport.files import file_sha256
 from edgeport.home import edgeport_home
 from edgeport.spec import PipelineSpec, QuantizationVariantSpec, spec_digest
 from tasks.register import flatten_params, is_transient, retry_if_transient

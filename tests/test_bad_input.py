@@ -26,11 +26,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from mlflow import MlflowClient
+from conftest import digits_spec_dict, write_spec
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
-from conftest import digits_spec_dict, write_spec
 from edgeport.checkpoint import load_model
 from edgeport.errors import (
     CheckpointError,
@@ -42,6 +41,7 @@ from edgeport.errors import (
     ValidationFailed,
 )
 from edgeport.spec import PipelineSpec, load_spec
+from mlflow import MlflowClient
 from tasks.export import export_model
 from tasks.preflight import preflight
 from tasks.register import check_tracking_uri

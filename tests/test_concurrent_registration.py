@@ -18,10 +18,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 
 from edgeport.servers import free_port
 from edgeport.spec import load_spec
+from mlflow import MlflowClient
 from tasks.register import REGISTRATION_TAG, check_tracking_uri, register_pipeline
 from tests.conftest import digits_spec_dict, write_spec
 

@@ -164,7 +164,7 @@ def test_deploy_and_checkpoint_trigger_on_a_real_server(cli_env, tmp_path: Path,
     checkpoint.write_bytes(Path(digits_artifacts["checkpoint"]).read_bytes())
     result = CliRunner().invoke(app, ["notify-checkpoint", str(checkpoint), "--spec", str(spec)])
     assert result.exit_code == 0, result.output
-    from edgeport.checkpoint import file_sha256
+    from edgeport.files import file_sha256
 
     sha = file_sha256(checkpoint)
     (event,) = _read_events(CHECKPOINT_EVENT, f"edgeport.checkpoint.{sha[:12]}")

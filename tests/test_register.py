@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from onnx import TensorProto, helper, numpy_helper
 from prefect.states import Completed, Failed
 
 from edgeport.errors import RegistryError, RegistryUnavailable
 from edgeport.spec import PipelineSpec
+from mlflow import MlflowClient
 from tasks.register import (
     _artifact_location_for,
     check_tracking_uri,
@@ -211,9 +211,10 @@ def test_parent_and_nested_runs(registered, store):
 
 
 def test_registered_model_loads_as_onnx(registered, store):
-    import mlflow
     import mlflow.onnx
     import onnxruntime as ort
+
+    import mlflow
 
     result, _, _ = registered
     uri, _ = store

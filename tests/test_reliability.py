@@ -21,9 +21,14 @@ import time
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 
-from edgeport.servers import free_port, start_mlflow_server, stop_process_group, wait_healthy
+from edgeport.servers import (
+    free_port,
+    start_mlflow_server,
+    stop_process_group,
+    wait_healthy,
+)
+from mlflow import MlflowClient
 from tasks.register import PENDING_FILE, REGISTRATION_TAG, register_pipeline
 from tests.conftest import REPO, digits_spec_dict, write_spec
 from tests.test_register import _spec as _tiny_spec

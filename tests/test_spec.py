@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import DIGITS, write_spec
 from typer.testing import CliRunner
 
-from conftest import DIGITS, write_spec
 from edgeport.cli import app
 from edgeport.errors import EdgeportError, SpecError
 from edgeport.spec import PipelineSpec, load_spec
