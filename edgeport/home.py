@@ -68,7 +68,7 @@ def configure_runtime_env() -> None:
     Prefect server of ``edgeport servers up`` when it runs (sets ``PREFECT_API_URL``), else keeps
     the ephemeral Prefect server's database under ``EDGEPORT_HOME/prefect`` (so the Prefect UI can
     be opened on it later). Raises the ephemeral server's start-up timeout to 120 s (it takes 10-15 s on
-    2 cores, more under load; Prefect's default is 20 s); turns telemetry off; routes edgeport's
+    2 cores, more under load; Prefect's default is 20 s); turns telemetry off (Prefect, MLflow, NNCF); routes edgeport's
     loggers through Prefect's log handlers at INFO and quiets the exporters' INFO chatter.
     """
     if "PREFECT_API_URL" not in os.environ and "PREFECT_HOME" not in os.environ:
@@ -87,6 +87,9 @@ def configure_runtime_env() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "true")
     os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+    # NNCF (openvino-telemetry) sends usage events unless NNCF_CI or NNCF_DEV is set
+    # (nncf/telemetry/wrapper.py; the only other switch, `opt_in_out --opt_out`, writes to ~).
+    os.environ.setdefault("NNCF_CI", "1")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "edgeport")
     logging.getLogger("edgeport").setLevel(logging.INFO)
     for noisy in ("onnxscript", "onnx_ir", "torch.onnx"):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,15 +39,19 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from edgeport.errors import SpecError
 
 __all__ = [
+    "VARIANT_FIELD_SCOPE",
+    "AccuracyControlSpec",
     "CalibrationSpec",
     "EvaluationSpec",
     "ExportSpec",
     "InputSpec",
     "ModelSpec",
+    "NNCFIgnoredScopeSpec",
     "OptimizationSpec",
     "PipelineSpec",
     "PromotionSpec",
@@ -234,12 +239,72 @@ class OptimizationSpec(_Strict):
         return value
 
 
+class NNCFIgnoredScopeSpec(_Strict):
+    """Nodes NNCF leaves in float (``nncf.IgnoredScope``): exact node names, op types, regex patterns
+    over node names. A name or type that matches nothing makes NNCF fail (``validate=True``)."""
+
+    names: list[str] = Field(default_factory=list, description="Exact ONNX node names.")
+    types: list[str] = Field(default_factory=list, description='ONNX op types, e.g. ["Softmax"].')
+    patterns: list[str] = Field(default_factory=list, description="Regular expressions matched against node names.")
+
+    @field_validator("patterns")
+    @classmethod
+    def _compiles(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {exc}") from None
+        return value
+
+
+class AccuracyControlSpec(_Strict):
+    """``nncf.quantize_with_accuracy_control``: quantize, then return the most harmful quantizers to
+    float until the drop of edgeport's evaluation metric vs FP32 is within ``max_drop``.
+
+    The validation function is the spec's ``evaluation`` metric on the evaluation set: top-1
+    (drop = FP32 top-1 - variant top-1) or mean cosine to the reference embeddings. Default
+    ``max_drop``: the evaluation gate, ``evaluation.max_drop`` (top1) or FP32's mean cosine minus
+    ``evaluation.min_cosine`` (cosine), so the restoring stops exactly at the spec's budget.
+    """
+
+    max_drop: float | None = Field(
+        default=None, ge=0, le=1, description="Absolute metric drop allowed; default: the evaluation gate's budget."
+    )
+    max_num_iterations: int | None = Field(
+        default=None, ge=1, description="Quantizer groups restored at most (NNCF's default: no limit)."
+    )
+    ranking_subset_size: int | None = Field(
+        default=None, ge=1, description="Evaluation samples used to rank quantizers (NNCF's default: subset_size)."
+    )
+
+
+#: ONNX Runtime's ``QuantType`` names accepted in ``tensor_quant_overrides`` (``quant_type``).
+_OVERRIDE_QUANT_TYPES = ("QInt8", "QUInt8", "QInt16", "QUInt16", "QInt4", "QUInt4")
+
+
 class QuantizationVariantSpec(_Strict):
-    """One quantized variant: INT8 with onnxruntime.quantization (``quantize_static`` /
-    ``quantize_dynamic``), or INT4 weight-only (``MatMulNBits``, :mod:`tasks.quantize_int4`)."""
+    """One quantized variant, built by a ``backend``:
+
+    * ``onnxruntime`` (default): INT8 with onnxruntime.quantization (``quantize_static`` /
+      ``quantize_dynamic``), or INT4 weight-only (``MatMulNBits``, :mod:`tasks.quantize_int4`);
+    * ``nncf``: static INT8 with ``nncf.quantize`` (``accuracy_control``:
+      ``nncf.quantize_with_accuracy_control``), or weight-only INT8 / INT4 with
+      ``nncf.compress_weights`` (:mod:`tasks.quantize_nncf`).
+
+    A setting that does not apply to the variant's backend and mode is refused (a
+    :class:`~edgeport.errors.SpecError` naming the field, e.g. ``quantization.2.smooth_quant_alpha``);
+    :data:`VARIANT_FIELD_SCOPE` lists where each setting applies.
+    """
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Variant name, e.g. int8-static.")
-    mode: Literal["static", "dynamic", "weight_only_int4"] = "static"
+    backend: Literal["onnxruntime", "nncf"] = Field(
+        default="onnxruntime", description="Quantizer: onnxruntime.quantization, or NNCF (nncf.quantize / compress_weights)."
+    )
+    mode: Literal["static", "dynamic", "weight_only_int8", "weight_only_int4"] = Field(
+        default="static",
+        description="static INT8 (both backends), dynamic INT8 (onnxruntime), weight-only INT8 (nncf), weight-only INT4 (both).",
+    )
     format: Literal["QDQ", "QOperator"] = "QDQ"
     per_channel: bool = False
     activation_type: Literal["QInt8", "QUInt8"] = "QUInt8"
@@ -259,13 +324,68 @@ class QuantizationVariantSpec(_Strict):
         default=None, description="Overrides calibration.method for this variant."
     )
     reduce_range: bool = False
+    activation_symmetric: bool = Field(
+        default=False,
+        description="onnxruntime static: symmetric activation ranges (extra_options ActivationSymmetric; zero point "
+        "0 for QInt8, 128 for QUInt8).",
+    )
+    smooth_quant_alpha: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="SmoothQuant's migration strength alpha (Xiao et al., 2023). onnxruntime static: enables "
+        "extra_options SmoothQuant with SmoothQuantAlpha (needs neural-compressor); nncf static with model_type "
+        "transformer: the MatMul alpha (NNCF's default 0.95). Default: no SmoothQuant (onnxruntime), NNCF's default (nncf).",
+    )
+    tensor_quant_overrides: dict[str, list[dict[str, Any]]] = Field(
+        default_factory=dict,
+        description="onnxruntime static: per-tensor overrides (extra_options TensorQuantOverrides) for mixed precision, "
+        'tensor name -> one override dict (or a list, one per channel), e.g. {"/fc/Gemm_output_0": {quant_type: QUInt16}}; '
+        f"quant_type is one of {list(_OVERRIDE_QUANT_TYPES)}.",
+    )
     block_size: int = Field(
-        default=32, ge=16, description="weight_only_int4: weights per quantization block (a power of 2, >= 16)."
+        default=32, ge=16, description="onnxruntime weight_only_int4: weights per quantization block (a power of 2, >= 16)."
     )
     accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
-        default=4, description="weight_only_int4: MatMulNBits compute precision (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8)."
+        default=4, description="onnxruntime weight_only_int4: MatMulNBits compute precision (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8)."
     )
-    is_symmetric: bool = Field(default=True, description="weight_only_int4: symmetric blocks (no zero points).")
+    is_symmetric: bool = Field(
+        default=True, description="weight-only: symmetric weights (no zero points); nncf: INT4_SYM / INT8_SYM vs *_ASYM."
+    )
+    # --- nncf -------------------------------------------------------------------------------
+    preset: Literal["performance", "mixed"] | None = Field(
+        default=None,
+        description="nncf static: performance (symmetric weights and activations) or mixed (asymmetric activations); "
+        "NNCF's default: mixed for model_type transformer, else performance.",
+    )
+    model_type: Literal["transformer"] | None = Field(
+        default=None, description="nncf static: transformer adds NNCF's transformer patterns (and SmoothQuant)."
+    )
+    fast_bias_correction: bool = Field(
+        default=True, description="nncf static: fast bias correction (NNCF's default); false = the slower, more accurate BiasCorrection."
+    )
+    subset_size: int | None = Field(
+        default=None, ge=1, description="nncf: calibration samples used (NNCF's default: 300 for static, 128 for weight-only)."
+    )
+    target_device: Literal["ANY", "CPU", "GPU", "NPU"] = Field(
+        default="ANY", description="nncf static: the device whose quantization scheme NNCF follows (nncf.TargetDevice)."
+    )
+    ignored_scope: NNCFIgnoredScopeSpec | None = Field(default=None, description="nncf: nodes left in float.")
+    accuracy_control: AccuracyControlSpec | None = Field(
+        default=None, description="nncf static: use nncf.quantize_with_accuracy_control with edgeport's evaluation metric."
+    )
+    group_size: int | None = Field(
+        default=None,
+        description="nncf weight-only: weights sharing one scale along the input dim (-1 = per output channel); "
+        "NNCF's default: 128 for INT4, per-channel for INT8.",
+    )
+    ratio: float | None = Field(
+        default=None, gt=0, le=1, description="nncf weight_only_int4: fraction of layers in INT4, the rest INT8 (NNCF's default 1)."
+    )
+    awq: bool = Field(default=False, description="nncf weight_only_int4: AWQ weight correction (needs calibration data).")
+    scale_estimation: bool = Field(
+        default=False, description="nncf weight_only_int4: scale estimation (needs calibration data)."
+    )
 
     @field_validator("block_size")
     @classmethod
@@ -274,35 +394,117 @@ class QuantizationVariantSpec(_Strict):
             raise ValueError(f"block_size must be a power of 2 (>= 16), got {value}")
         return value
 
+    @field_validator("group_size")
+    @classmethod
+    def _group_size(cls, value: int | None) -> int | None:
+        if value is not None and value != -1 and value < 1:
+            raise ValueError(f"group_size must be positive or -1 (per channel), got {value}")
+        return value
+
+    @field_validator("tensor_quant_overrides", mode="before")
+    @classmethod
+    def _overrides_as_lists(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: [v] if isinstance(v, dict) else v for k, v in value.items()}
+        return value
+
+    @field_validator("tensor_quant_overrides")
+    @classmethod
+    def _override_types(cls, value: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+        for tensor, overrides in value.items():
+            if not overrides:
+                raise ValueError(f"tensor {tensor!r}: give at least one override dict")
+            for ov in overrides:
+                for qt in (ov.get("quant_type"), (ov.get("convert") or {}).get("quant_type")):
+                    if qt is not None and qt not in _OVERRIDE_QUANT_TYPES:
+                        raise ValueError(f"tensor {tensor!r}: quant_type {qt!r} is not one of {list(_OVERRIDE_QUANT_TYPES)}")
+        return value
+
     @model_validator(mode="after")
     def _fields_fit_the_mode(self) -> QuantizationVariantSpec:
-        if self.mode == "dynamic" and self.calibration_method is not None:
-            raise ValueError("calibration_method applies to static variants only")
-        if self.mode == "weight_only_int4":
-            bad = [f for f in _INT8_ONLY_FIELDS if f in self.model_fields_set]
-            if bad:
-                raise ValueError(
-                    f"variant {self.name!r}: {', '.join(bad)}: INT8-only setting(s) (modes static, dynamic), not "
-                    "applicable to mode weight_only_int4 (its settings: block_size, accuracy_level, is_symmetric, op_types_to_quantize [MatMul, Gather], nodes_to_exclude)"
+        if self.mode not in _BACKEND_MODES[self.backend]:
+            raise PydanticCustomError(
+                "inapplicable_setting",
+                "mode: backend {backend} has no mode {mode} (its modes: {modes})",
+                {"field": "mode", "backend": self.backend, "mode": self.mode, "modes": ", ".join(_BACKEND_MODES[self.backend])},
+            )
+        for name in self.model_fields_set:
+            scope = VARIANT_FIELD_SCOPE.get(name)
+            if scope is not None and (self.backend, self.mode) not in scope:
+                where = ", ".join(f"{b} {m}" for b, m in scope)
+                raise PydanticCustomError(
+                    "inapplicable_setting",
+                    "{field}: does not apply to backend {backend}, mode {mode} (it applies to: {where})",
+                    {"field": name, "backend": self.backend, "mode": self.mode, "where": where},
                 )
-        else:
-            bad = [f for f in _INT4_ONLY_FIELDS if f in self.model_fields_set]
-            if bad:
-                raise ValueError(f"variant {self.name!r}: {', '.join(bad)}: INT4-only setting(s) (mode weight_only_int4), not applicable to mode {self.mode}")
+        if self.mode == "dynamic" and self.calibration_method is not None:
+            raise PydanticCustomError(
+                "inapplicable_setting", "{field}: applies to static variants only", {"field": "calibration_method"}
+            )
+        if self.backend == "nncf" and self.smooth_quant_alpha is not None and self.model_type != "transformer":
+            raise PydanticCustomError(
+                "inapplicable_setting",
+                "{field}: NNCF runs SmoothQuant only for model_type transformer; set model_type: transformer",
+                {"field": "smooth_quant_alpha"},
+            )
         return self
 
     @property
     def kind(self) -> str:
-        """Summary kind: ``static_int8``, ``dynamic_int8`` or ``weight_only_int4``."""
-        if self.mode == "weight_only_int4":
-            return "weight_only_int4"
+        """Summary kind: ``static_int8``, ``dynamic_int8``, ``weight_only_int8`` or ``weight_only_int4``."""
+        if self.mode.startswith("weight_only"):
+            return self.mode
         return f"{self.mode}_int8"
 
+    @property
+    def needs_calibration(self) -> bool:
+        """True when building the variant reads ``calibration.dataset`` (static, or NNCF AWQ / scale estimation)."""
+        return self.mode == "static" or (self.backend == "nncf" and (self.awq or self.scale_estimation))
 
-#: INT8-only variant fields, refused (when set) for mode weight_only_int4.
-_INT8_ONLY_FIELDS = ("format", "per_channel", "activation_type", "weight_type", "calibration_method", "reduce_range")
-#: INT4-only variant fields, refused (when set) for the INT8 modes.
-_INT4_ONLY_FIELDS = ("block_size", "accuracy_level", "is_symmetric")
+
+#: Modes each backend builds.
+_BACKEND_MODES: dict[str, tuple[str, ...]] = {
+    "onnxruntime": ("static", "dynamic", "weight_only_int4"),
+    "nncf": ("static", "weight_only_int8", "weight_only_int4"),
+}
+
+_ORT_INT8 = (("onnxruntime", "static"), ("onnxruntime", "dynamic"))
+_ORT_STATIC = (("onnxruntime", "static"),)
+_ORT_INT4 = (("onnxruntime", "weight_only_int4"),)
+_NNCF_STATIC = (("nncf", "static"),)
+_NNCF_WEIGHTS = (("nncf", "weight_only_int8"), ("nncf", "weight_only_int4"))
+_NNCF_ALL = _NNCF_STATIC + _NNCF_WEIGHTS
+
+#: Where each backend-/mode-specific variant setting applies: field -> ((backend, mode), ...).
+#: Setting a field outside its scope is a spec error naming the field. Fields absent here
+#: (name, backend, mode, parent) apply everywhere.
+VARIANT_FIELD_SCOPE: dict[str, tuple[tuple[str, str], ...]] = {
+    "format": _ORT_INT8,
+    "per_channel": _ORT_INT8,
+    "activation_type": _ORT_INT8,
+    "weight_type": _ORT_INT8,
+    "reduce_range": _ORT_INT8,
+    "calibration_method": _ORT_INT8,
+    "op_types_to_quantize": _ORT_INT8 + _ORT_INT4,
+    "nodes_to_exclude": _ORT_INT8 + _ORT_INT4,
+    "activation_symmetric": _ORT_STATIC,
+    "tensor_quant_overrides": _ORT_STATIC,
+    "smooth_quant_alpha": _ORT_STATIC + _NNCF_STATIC,
+    "block_size": _ORT_INT4,
+    "accuracy_level": _ORT_INT4,
+    "is_symmetric": _ORT_INT4 + _NNCF_WEIGHTS,
+    "preset": _NNCF_STATIC,
+    "model_type": _NNCF_STATIC,
+    "fast_bias_correction": _NNCF_STATIC,
+    "target_device": _NNCF_STATIC,
+    "accuracy_control": _NNCF_STATIC,
+    "subset_size": _NNCF_ALL,
+    "ignored_scope": _NNCF_ALL,
+    "group_size": _NNCF_WEIGHTS,
+    "ratio": (("nncf", "weight_only_int4"),),
+    "awq": (("nncf", "weight_only_int4"),),
+    "scale_estimation": (("nncf", "weight_only_int4"),),
+}
 
 
 class EvaluationSpec(_Strict):
@@ -706,9 +908,12 @@ class PipelineSpec(_Strict):
         orphans = [v.name for v in self.quantization if v.parent == "fp32-optimized" and self.optimization is None]
         if orphans:
             raise ValueError(f"quantization: variants {orphans} name parent fp32-optimized, but the spec has no `optimization` section")
-        static = [v.name for v in self.quantization if v.mode == "static"]
+        static = [v.name for v in self.quantization if v.needs_calibration]
         if static and self.calibration is None:
-            raise ValueError(f"quantization: static variants {static} need a `calibration` section")
+            raise ValueError(f"quantization: variants {static} (static, or NNCF AWQ / scale estimation) need a `calibration` section")
+        controlled = [v.name for v in self.quantization if v.accuracy_control is not None]
+        if controlled and self.evaluation is None:
+            raise ValueError(f"quantization: variants {controlled} set accuracy_control, which needs an `evaluation` section (the metric and the gate)")
         targets = [t.name for t in self.targets]
         if len(set(targets)) != len(targets):
             raise ValueError(f"target names must be unique, got {targets}")
@@ -750,12 +955,17 @@ class PipelineSpec(_Strict):
 def _format_errors(path: Path, err: ValidationError) -> str:
     lines = [f"{path}: invalid pipeline spec ({err.error_count()} error(s))"]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        parts = [str(p) for p in e["loc"]]
+        field = (e.get("ctx") or {}).get("field")  # a setting a model validator refused (e.g. smooth_quant_alpha)
+        if field:
+            parts.append(str(field))
+        loc = ".".join(parts) or "<root>"
+        msg = e["msg"].removeprefix(f"{field}: ") if field else e["msg"]
         value = e.get("input")
         shown = json.dumps(value, default=str) if not isinstance(value, dict) else "{...}"
         if len(shown) > 80:
             shown = shown[:77] + "..."
-        lines.append(f"  {loc}: {e['msg']} (got {shown})")
+        lines.append(f"  {loc}: {msg} (got {shown})")
     return "\n".join(lines)
 
 
