@@ -62,6 +62,7 @@ import json
 import logging
 import math
 import os
+import platform
 import sys
 import time
 from typing import Any
@@ -69,7 +70,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-RUNNER_VERSION = "1.1"
+RUNNER_VERSION = "1.2"
 
 #: Minimum time between two checks of the stopping rule (ns): see ``_measure``.
 CHECK_INTERVAL_NS = 20_000_000
@@ -81,7 +82,7 @@ CHECK_INTERVAL_NS = 20_000_000
 #: (monotone over batch sizes; includes the interpreter and ONNX Runtime),
 #: ``model_size_bytes`` is the .onnx file plus its ``<file>.data`` external-data file
 #: when present. ``stop_reason`` is "ci" | "max_runs" | "time_budget" (null if not
-#: measured); ``data`` is "samples" | "random".
+#: measured); ``data`` is "samples" | "random"; ``cpu`` is the host CPU, :func:`cpu_info`.
 RESULT_KEYS = (
     "batch_size",
     "status",
@@ -107,6 +108,7 @@ RESULT_KEYS = (
     "model_size_bytes",
     "allow_spinning",
     "data",
+    "cpu",
 )
 
 _OPT_LEVELS = {
@@ -228,6 +230,54 @@ def summarize(latencies_ns: list[int], batch_size: int) -> dict[str, Any]:
         "runs": len(ms),
         "ci_halfwidth_pct": median_ci_halfwidth_pct(ms),
     }
+
+
+#: ``/proc/cpuinfo`` flags that decide INT8 speed on x86, in report order -> feature name. VNNI
+#: (``vpdpbusd``: u8 x s8 dot products) and AMX (tile matrix multiply) are what ONNX Runtime's
+#: and OpenVINO's INT8 kernels use; without them INT8 GEMMs run on AVX2 / AVX-512 multiply-adds.
+ISA_FLAGS = (
+    ("avx2", "AVX2"),
+    ("avx512f", "AVX-512"),
+    ("avx_vnni", "AVX-VNNI"),
+    ("avx512_vnni", "AVX-512 VNNI"),
+    ("amx_int8", "AMX"),
+)
+
+
+def parse_cpuinfo(text: str) -> dict[str, Any]:
+    """The CPU model and INT8-relevant ISA features from the text of Linux ``/proc/cpuinfo``.
+
+    Returns:
+        ``{"model": str | None, "isa": [feature, ...]}``: ``model`` is the first ``model name``
+        line; ``isa`` lists, in :data:`ISA_FLAGS` order, the features whose flag is on the first
+        ``flags`` line (``AMX`` needs ``amx_int8`` and ``amx_tile``).
+    """
+    model = None
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            continue
+        key = key.strip()
+        if key == "model name" and model is None:
+            model = value.strip() or None
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+    isa = [name for flag, name in ISA_FLAGS if flag in flags and (flag != "amx_int8" or "amx_tile" in flags)]
+    return {"model": model, "isa": isa}
+
+
+def cpu_info() -> dict[str, Any]:
+    """The host CPU: :func:`parse_cpuinfo` of ``/proc/cpuinfo`` on Linux; elsewhere
+    ``{"model": platform.processor() or None, "isa": []}`` (no portable flag source)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            info = parse_cpuinfo(fh.read())
+    except OSError:
+        info = {"model": None, "isa": []}
+    if info["model"] is None:
+        info["model"] = platform.processor() or None
+    return info
 
 
 def peak_rss_mb() -> float | None:
@@ -427,6 +477,7 @@ def _entry(batch_size: int, req: dict[str, Any], size: int | None, status: str, 
         model_size_bytes=size,
         allow_spinning=req["session_options"]["allow_spinning"],
         data="random" if req["samples_path"] is None else "samples",
+        cpu=cpu_info(),
     )
     return entry
 

@@ -392,6 +392,7 @@ def _salvage(request: dict[str, Any], partial_path: Path, problem: str, stderr: 
             model_size_bytes=_runner.model_size_bytes(request["model_path"]),
             allow_spinning=request["session_options"]["allow_spinning"],
             data="random" if request["samples_path"] is None else "samples",
+            cpu=_runner.cpu_info(),
         )
         results.append(entry)
     return {

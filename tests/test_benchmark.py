@@ -88,6 +88,7 @@ def test_cpu_benchmark_ok(tmp_path: Path, model: Path, samples: Path) -> None:
         assert entry["target"] == "cpu" and entry["provider"] == "CPUExecutionProvider"
         assert entry["data"] == "samples" and entry["allow_spinning"] is False
         assert set(runner.RESULT_KEYS) <= set(entry)
+        assert entry["cpu"] == runner.cpu_info() and isinstance(entry["cpu"]["isa"], list)
         assert_sane(entry)
     raw = json.loads((out / "benchmark-cpu.json").read_text())
     assert raw["onnxruntime_version"] and "CPUExecutionProvider" in raw["available_providers"]
@@ -183,6 +184,7 @@ def test_runner_crash_reports_failed(tmp_path: Path, model: Path, body: str, mes
     entries = benchmark_variant(model, make_spec(tmp_path), TargetSpec(), None, tmp_path / "out", python=python)
     assert [e["status"] for e in entries] == ["failed", "failed"]
     assert all(message in e["error"] for e in entries)
+    assert all(e["cpu"] == runner.cpu_info() for e in entries)  # a dead runner's entries still name the CPU
     if "ort:" in body:
         assert "ort: " in entries[0]["error"]  # the stderr tail
 
@@ -253,3 +255,30 @@ def test_prefect_task_is_tagged_for_a_concurrency_limit() -> None:
 
     assert benchmark_task.fn is benchmark_variant
     assert "edgeport-benchmark" in benchmark_task.tags and benchmark_task.retries == 0
+
+
+#: Abridged /proc/cpuinfo of a 2-socket host (one core per socket shown), Sapphire Rapids-like.
+_CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx_vnni avx512_vnni amx_bf16 amx_tile amx_int8
+
+processor\t: 1
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx_vnni avx512_vnni amx_bf16 amx_tile amx_int8
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (_CPUINFO, {"model": "Intel(R) Xeon(R) Platinum 8480+", "isa": ["AVX2", "AVX-512", "AVX-VNNI", "AVX-512 VNNI", "AMX"]}),
+        ("model name\t: AMD EPYC 7763 64-Core Processor\nflags\t\t: sse2 avx2 fma\n", {"model": "AMD EPYC 7763 64-Core Processor", "isa": ["AVX2"]}),
+        # amx_int8 without the tile state (amx_tile) is not usable: not reported
+        ("model name\t: X\nflags\t\t: avx2 avx512f avx512_vnni amx_int8\n", {"model": "X", "isa": ["AVX2", "AVX-512", "AVX-512 VNNI"]}),
+        ("processor\t: 0\nFeatures\t: fp asimd\n", {"model": None, "isa": []}),  # aarch64: no model name line
+        ("", {"model": None, "isa": []}),
+    ],
+)
+def test_parse_cpuinfo(text: str, expected: dict) -> None:
+    assert runner.parse_cpuinfo(text) == expected
