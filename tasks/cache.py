@@ -83,8 +83,9 @@ def data_digests(spec: PipelineSpec) -> dict[str, str | None]:
     }
 
 
-def library_versions(torch: bool = False) -> dict[str, str]:
-    """Versions of the libraries that shape a step's result (``torch`` for steps that run PyTorch)."""
+def library_versions(torch: bool = False, nncf: bool = False) -> dict[str, str]:
+    """Versions of the libraries that shape a step's result (``torch`` for steps that run PyTorch,
+    ``nncf`` for NNCF-built variants; its version read from package metadata, no import)."""
     import onnx
     import onnxruntime
 
@@ -95,6 +96,10 @@ def library_versions(torch: bool = False) -> dict[str, str]:
         import torch as _torch
 
         versions["torch"] = _torch.__version__
+    if nncf:
+        from importlib.metadata import version
+
+        versions["nncf"] = version("nncf")
     return versions
 
 

@@ -19,6 +19,7 @@ So every variant's operators are counted and checked against what its settings i
 from __future__ import annotations
 
 import collections
+import importlib.util
 import json
 import logging
 import time
@@ -32,7 +33,7 @@ import onnx
 from edgeport.data import iter_batches, load_input_arrays
 from edgeport.errors import QuantizationError
 from edgeport.files import file_sha256
-from edgeport.spec import PipelineSpec, QuantizationVariantSpec
+from edgeport.spec import VARIANT_FIELD_SCOPE, PipelineSpec, QuantizationVariantSpec
 
 logger = logging.getLogger("edgeport.quantize")
 
@@ -42,6 +43,7 @@ __all__ = [
     "check_qdq_inputs",
     "check_quantized_ops",
     "count_ops",
+    "ort_extra_options",
     "preprocess",
     "quantize_variant",
     "variant_settings",
@@ -167,13 +169,17 @@ def check_quantized_ops(variant: QuantizationVariantSpec, op_counts: dict[str, i
     * static QOperator: at least one ``QLinear*``/``QGemm`` operator;
     * dynamic: ``DynamicQuantizeLinear``/``MatMulInteger``/``ConvInteger``/``DynamicQuantizeMatMul``/
       ``QAttention``/``QEmbedLayerNormalization``;
-    * weight_only_int4: ``MatMulNBits``.
+    * weight_only_int4: ``MatMulNBits``;
+    * NNCF static (always QDQ): as static QDQ; NNCF weight-only: ``DequantizeLinear`` or ``MatMulNBits``.
 
     Raises:
         QuantizationError: naming the variant, what is missing and what was found.
     """
     found = {k: v for k, v in op_counts.items() if k in QUANT_OPS}
-    if variant.mode == "static" and variant.format == "QDQ":
+    if variant.backend == "nncf" and variant.mode != "static":
+        ok = op_counts.get("MatMulNBits", 0) > 0 or op_counts.get("DequantizeLinear", 0) > 0
+        need = "weight DequantizeLinear or MatMulNBits nodes (nncf.compress_weights)"
+    elif variant.mode == "static" and (variant.format == "QDQ" or variant.backend == "nncf"):
         ok = op_counts.get("QuantizeLinear", 0) > 0 and op_counts.get("DequantizeLinear", 0) > 0
         need = "QuantizeLinear (activations) and DequantizeLinear nodes"
     elif variant.mode == "static":
@@ -204,10 +210,10 @@ def check_qdq_inputs(variant: QuantizationVariantSpec, model: onnx.ModelProto) -
     Raises:
         QuantizationError: naming the variant and (up to 10 of) the offending nodes.
     """
-    if variant.mode != "static" or variant.format != "QDQ":
+    if variant.mode != "static" or (variant.format != "QDQ" and variant.backend != "nncf"):
         return
     producer = {out: n for n in model.graph.node for out in n.output}
-    excluded = set(variant.nodes_to_exclude)
+    excluded = set(variant.nodes_to_exclude) | set(variant.ignored_scope.names if variant.ignored_scope else ())
     allowed = set(variant.op_types_to_quantize) if variant.op_types_to_quantize else None
 
     def from_dq(name: str) -> bool:
@@ -234,25 +240,69 @@ def check_qdq_inputs(variant: QuantizationVariantSpec, model: onnx.ModelProto) -
 
 
 def variant_settings(spec: PipelineSpec, variant: QuantizationVariantSpec) -> dict[str, Any]:
-    """The exact settings a variant is built with (recorded in summaries and MLflow tags)."""
-    settings = variant.model_dump(mode="json")
-    if variant.mode == "weight_only_int4":
-        return {k: v for k, v in settings.items() if k in ("name", "mode", "nodes_to_exclude", "block_size", "accuracy_level", "is_symmetric")}
-    for key in ("block_size", "accuracy_level", "is_symmetric"):
-        settings.pop(key, None)
-    if variant.mode == "static" and spec.calibration is not None:
+    """The exact settings a variant is built with (recorded in summaries and MLflow tags): the
+    settings that apply to its backend and mode (:data:`edgeport.spec.VARIANT_FIELD_SCOPE`), plus
+    the calibration it reads. ONNX Runtime settings added for NNCF's sake (``activation_symmetric``,
+    ``smooth_quant_alpha``, ``tensor_quant_overrides``) appear only when set."""
+    dump = variant.model_dump(mode="json")
+    where = (variant.backend, variant.mode)
+    settings = {
+        k: v
+        for k, v in dump.items()
+        if k in ("name", "backend", "mode", "parent") or where in VARIANT_FIELD_SCOPE.get(k, ())
+    }
+    if variant.backend == "onnxruntime":
+        for key in _ORT_OPTIONAL:
+            if key not in variant.model_fields_set:
+                settings.pop(key, None)
+    if variant.mode == "weight_only_int4" and variant.backend == "onnxruntime":
+        settings.pop("op_types_to_quantize", None)
+        return settings
+    if variant.needs_calibration and spec.calibration is not None:
         cal = spec.calibration
-        settings["calibration_method"] = variant.calibration_method or cal.method
+        if variant.backend == "onnxruntime":
+            settings["calibration_method"] = variant.calibration_method or cal.method
         settings["calibration_samples"] = cal.num_samples
         settings["calibration_dataset"] = str(cal.dataset)
         settings["calibration_chunk_size"] = cal.effective_chunk_size
-        if cal.extra_options:
+        if cal.extra_options and variant.backend == "onnxruntime":
             settings["calibration_options"] = dict(cal.extra_options)
-    else:
+    elif variant.mode == "dynamic":
         settings.pop("calibration_method", None)
         settings.pop("format", None)  # quantize_dynamic always writes QOperator-style integer ops
         settings.pop("activation_type", None)  # dynamic: activations are quantized at run time to uint8
     return settings
+
+
+#: ONNX Runtime variant settings recorded only when the spec sets them (older records lack them).
+_ORT_OPTIONAL = ("activation_symmetric", "smooth_quant_alpha", "tensor_quant_overrides")
+
+
+def ort_extra_options(variant: QuantizationVariantSpec) -> dict[str, Any]:
+    """``quantize_static`` ``extra_options`` of an ONNX Runtime static variant's own settings:
+    ``ActivationSymmetric``, ``SmoothQuant`` / ``SmoothQuantAlpha`` and ``TensorQuantOverrides``
+    (``quant_type`` names converted to ``QuantType``). Empty when none is set. (The calibration
+    histogram settings go to :func:`edgeport.calibration.write_calibration_cache`.)"""
+    from onnxruntime.quantization import QuantType
+
+    opts: dict[str, Any] = {}
+    if variant.activation_symmetric:
+        opts["ActivationSymmetric"] = True
+    if variant.smooth_quant_alpha is not None:
+        opts["SmoothQuant"] = True
+        opts["SmoothQuantAlpha"] = variant.smooth_quant_alpha
+    if variant.tensor_quant_overrides:
+
+        def convert(ov: dict[str, Any]) -> dict[str, Any]:
+            out = dict(ov)
+            if "quant_type" in out:
+                out["quant_type"] = QuantType[out["quant_type"]]
+            if isinstance(out.get("convert"), dict):
+                out["convert"] = convert(out["convert"])
+            return out
+
+        opts["TensorQuantOverrides"] = {t: [convert(ov) for ov in ovs] for t, ovs in variant.tensor_quant_overrides.items()}
+    return opts
 
 
 def quantize_variant(
@@ -288,7 +338,13 @@ def quantize_variant(
     out = output_dir / f"{variant.name}.onnx"
     settings = {**variant_settings(spec, variant), "parent": parent}
     start = time.perf_counter()
-    if variant.mode == "weight_only_int4":
+    if variant.backend == "nncf":
+        from tasks.quantize_nncf import quantize_nncf  # lazy: importing nncf takes ~3 s
+
+        r = quantize_nncf(spec, variant, fp32_path, out)
+        settings.update(r.settings)
+        ops = r.op_counts
+    elif variant.mode == "weight_only_int4":
         from tasks.quantize_int4 import quantize_int4
 
         r = quantize_int4(
@@ -309,7 +365,7 @@ def quantize_variant(
     elapsed = time.perf_counter() - start
     op_counts = {k: v for k, v in sorted(ops.items()) if k in QUANT_OPS}
     check_quantized_ops(variant, ops)
-    if variant.mode == "static" and variant.format == "QDQ":
+    if variant.mode == "static" and (variant.format == "QDQ" or variant.backend == "nncf"):
         check_qdq_inputs(variant, onnx.load(str(out), load_external_data=False))
     result = QuantizeResult(
         name=variant.name,
@@ -369,6 +425,33 @@ def _quantize_int8(
         else:
             cache = output_dir / f"{variant.name}.calibration.json"  # fresh per variant: ORT would reuse any file there
             cache.unlink(missing_ok=True)
+        extra = ort_extra_options(variant)
+        if variant.smooth_quant_alpha is not None:
+            # ORT's SmoothQuant transforms the model with calibration batches before calibrating it
+            # (a range cache cannot drive it), and the transform is neural-compressor's.
+            if importlib.util.find_spec("neural_compressor") is None:
+                raise QuantizationError(
+                    f"variant {variant.name!r}: smooth_quant_alpha with backend onnxruntime needs the neural-compressor "
+                    "package (onnxruntime's SmoothQuant is neural_compressor.adaptor.ox_utils.smooth_quant), which is "
+                    "not installed; use backend: nncf with model_type: transformer for SmoothQuant"
+                )
+            reader = NpzCalibrationReader(
+                load_input_arrays(cal.dataset, spec.inputs, "calibration.dataset", cal.num_samples), cal.effective_chunk_size
+            )
+            try:
+                quantize_static(
+                    pre,
+                    str(out),
+                    reader,
+                    quant_format=QuantFormat[variant.format],
+                    activation_type=QuantType[variant.activation_type],
+                    calibrate_method=CalibrationMethod[method],
+                    extra_options={**cal.extra_options, **extra},
+                    **common,
+                )
+            except Exception as exc:
+                raise QuantizationError(f"quantize_static for variant {variant.name!r} failed: {type(exc).__name__}: {exc}") from exc
+            return
         calibration = None if calibration_cache is not None else write_calibration_cache(
             pre,
             load_input_arrays(cal.dataset, spec.inputs, "calibration.dataset", cal.num_samples),
@@ -388,6 +471,7 @@ def _quantize_int8(
                 quant_format=QuantFormat[variant.format],
                 activation_type=QuantType[variant.activation_type],
                 calibrate_method=CalibrationMethod[method],
+                extra_options=extra or None,
                 **common,
             )
         except Exception as exc:
@@ -424,7 +508,9 @@ def _quantize_cache_key(context: object, parameters: dict) -> str | None:
         data=_cache.data_digests(spec),
         calibration_cache=_cache.file_digest(parameters.get("calibration_cache")),
         output_dir=str(Path(parameters["output_dir"]).resolve()),
-        versions=_cache.library_versions(),
+        versions=_cache.library_versions(nncf=variant.backend == "nncf"),
+        # accuracy control validates on the evaluation set with the evaluation gate (key unchanged otherwise)
+        **({"evaluation": _cache.sections(spec, "evaluation", "outputs")} if variant.accuracy_control is not None else {}),
     )
 
 
