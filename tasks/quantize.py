@@ -73,6 +73,10 @@ QUANT_OPS = (
 #: Operators whose weight (input 1) a static QDQ model feeds through DequantizeLinear.
 QDQ_WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
 
+#: Operators that move values without arithmetic (max, reshape): a DequantizeLinear before one
+#: of them quantizes the op after it too (NNCF places its activation quantizers this way).
+QDQ_PASSTHROUGH_OPS = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity")
+
 #: Operators that carry a dynamic INT8 variant's quantized computation.
 DYNAMIC_OPS = ("DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "QAttention", "QEmbedLayerNormalization")
 
@@ -203,7 +207,8 @@ def check_qdq_inputs(variant: QuantizationVariantSpec, model: onnx.ModelProto) -
     """Check that a static QDQ graph quantizes activations, not only weights.
 
     Every MatMul/Gemm/Conv whose weight (input 1) comes from a ``DequantizeLinear`` must
-    also have its input 0 produced by a ``DequantizeLinear``; otherwise the node runs in
+    also have its input 0 produced by a ``DequantizeLinear``, directly or through
+    :data:`QDQ_PASSTHROUGH_OPS`; otherwise the node runs in
     float on dequantized weights (a weight-only graph, usually from missing shapes).
     Exempt: nodes in ``nodes_to_exclude`` and op types outside ``op_types_to_quantize``.
 
@@ -216,8 +221,11 @@ def check_qdq_inputs(variant: QuantizationVariantSpec, model: onnx.ModelProto) -
     excluded = set(variant.nodes_to_exclude) | set(variant.ignored_scope.names if variant.ignored_scope else ())
     allowed = set(variant.op_types_to_quantize) if variant.op_types_to_quantize else None
 
-    def from_dq(name: str) -> bool:
+    def from_dq(name: str, hops: int = 8) -> bool:
+        # int8 flows through a passthrough op (NNCF puts MaxPool / Flatten after the DequantizeLinear)
         node = producer.get(name)
+        while node is not None and node.op_type in QDQ_PASSTHROUGH_OPS and node.input and hops > 0:
+            node, hops = producer.get(node.input[0]), hops - 1
         return node is not None and node.op_type == "DequantizeLinear"
 
     bad = [

@@ -267,7 +267,8 @@ def quantize_static_nncf(
     kwargs: dict[str, Any] = dict(
         preset=nncf.QuantizationPreset(variant.preset) if variant.preset else None,
         target_device=nncf.TargetDevice(variant.target_device),
-        subset_size=variant.subset_size or 300,  # NNCF's default
+        # NNCF counts subset_size in dataset items (here batches of chunk_size samples)
+        subset_size=-(-(variant.subset_size or 300) // cal.effective_chunk_size),  # 300 samples: NNCF's default
         fast_bias_correction=variant.fast_bias_correction,
         model_type=nncf.ModelType(variant.model_type) if variant.model_type else None,
         ignored_scope=ignored_scope(variant),
@@ -276,7 +277,8 @@ def quantize_static_nncf(
         "nncf_version": nncf.__version__,
         "preset": variant.preset,
         "target_device": variant.target_device,
-        "subset_size": kwargs["subset_size"],
+        "subset_size": variant.subset_size or 300,
+        "subset_batches": kwargs["subset_size"],
         "fast_bias_correction": variant.fast_bias_correction,
         "model_type": variant.model_type,
         "smooth_quant_alpha": variant.smooth_quant_alpha,

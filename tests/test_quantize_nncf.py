@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import digits_spec_dict, write_spec
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeport.errors import QuantizationError
@@ -17,7 +18,6 @@ from tasks.evaluate import evaluate_model
 from tasks.export import export_model
 from tasks.quantize import count_ops, quantize_variant
 from tasks.validate import validate_onnx
-from tests.conftest import digits_spec_dict, write_spec
 
 pytestmark = pytest.mark.slow
 

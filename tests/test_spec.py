@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from edgeport.cli import app
 from edgeport.errors import EdgeportError, SpecError
-from edgeport.spec import PipelineSpec, load_spec
+from edgeport.spec import PipelineSpec, QuantizationVariantSpec, load_spec
 
 EXAMPLE = DIGITS / "pipeline.yaml"
 
@@ -255,3 +255,80 @@ def test_cosine_evaluation_and_optimization_fields(tmp_path: Path) -> None:
     assert spec.evaluation.metric == "cosine" and spec.evaluation.reference_key is None
     assert spec.optimization.model_type == "bert" and spec.optimization.opt_level == 1
     assert spec.quantization[2].kind == "weight_only_int4" and spec.quantization[2].block_size == 64
+
+
+# --- quantization backends (issue 11) ---------------------------------------------------------
+
+
+def test_unknown_backend_is_named(tmp_path: Path) -> None:
+    path = _bad_spec(tmp_path, lambda d: d["quantization"].append({"name": "q", "backend": "tensorrt"}))
+    message = _spec_error(path)
+    assert "quantization.2.backend" in message and "tensorrt" in message
+
+
+@pytest.mark.parametrize(
+    ("variant", "field"),
+    [
+        ({"backend": "nncf", "mode": "static", "per_channel": True}, "per_channel"),
+        ({"backend": "nncf", "mode": "static", "model_type": "transformer", "tensor_quant_overrides": {"t": {"quant_type": "QUInt16"}}}, "tensor_quant_overrides"),
+        ({"backend": "nncf", "mode": "static", "smooth_quant_alpha": 0.5}, "smooth_quant_alpha"),  # needs model_type transformer
+        ({"backend": "nncf", "mode": "weight_only_int8", "awq": True}, "awq"),
+        ({"backend": "nncf", "mode": "weight_only_int4", "accuracy_control": {}}, "accuracy_control"),
+        ({"backend": "nncf", "mode": "dynamic"}, "mode"),
+        ({"mode": "weight_only_int8"}, "mode"),  # onnxruntime has no INT8 weight-only mode
+        ({"mode": "static", "preset": "mixed"}, "preset"),
+        ({"mode": "dynamic", "smooth_quant_alpha": 0.5}, "smooth_quant_alpha"),
+        ({"mode": "dynamic", "activation_symmetric": True}, "activation_symmetric"),
+        ({"mode": "weight_only_int4", "group_size": 64}, "group_size"),
+    ],
+)
+def test_inapplicable_backend_option_is_named(tmp_path: Path, variant: dict, field: str) -> None:
+    path = _bad_spec(tmp_path, lambda d: d["quantization"].append({"name": "q", **variant}))
+    message = _spec_error(path)
+    assert f"quantization.2.{field}:" in message, message
+
+
+def test_backend_options_that_apply_are_accepted(tmp_path: Path) -> None:
+    def mutate(d: dict) -> None:
+        d["quantization"] += [
+            {"name": "nncf-static", "backend": "nncf", "preset": "mixed", "model_type": "transformer", "smooth_quant_alpha": 0.8,
+             "fast_bias_correction": False, "subset_size": 128, "target_device": "CPU",
+             "ignored_scope": {"names": ["a"], "types": ["Softmax"], "patterns": [".*attn.*"]}, "accuracy_control": {"max_drop": 0.01}},
+            {"name": "nncf-int4", "backend": "nncf", "mode": "weight_only_int4", "group_size": 64, "ratio": 0.8, "awq": True, "scale_estimation": True},
+            {"name": "ort-sq", "smooth_quant_alpha": 0.5, "activation_symmetric": True, "tensor_quant_overrides": {"out": {"quant_type": "QUInt16"}}},
+        ]
+
+    spec = load_spec(_bad_spec(tmp_path, mutate))
+    nncf_static, nncf_int4, ort_sq = spec.quantization[2:]
+    assert [v.backend for v in spec.quantization] == ["onnxruntime", "onnxruntime", "nncf", "nncf", "onnxruntime"]
+    assert nncf_static.accuracy_control.max_drop == 0.01 and nncf_static.ignored_scope.types == ["Softmax"]
+    assert nncf_int4.kind == "weight_only_int4" and nncf_int4.needs_calibration
+    assert ort_sq.tensor_quant_overrides == {"out": [{"quant_type": "QUInt16"}]}  # one dict -> a list of one
+
+
+def test_bad_override_quant_type_and_pattern(tmp_path: Path) -> None:
+    path = _bad_spec(tmp_path, lambda d: d["quantization"].append({"name": "q", "tensor_quant_overrides": {"t": {"quant_type": "QInt3"}}}))
+    assert "QInt3" in _spec_error(path)
+    path = _bad_spec(tmp_path, lambda d: d["quantization"].append({"name": "q", "backend": "nncf", "ignored_scope": {"patterns": ["("]}}))
+    assert "quantization.2.ignored_scope.patterns" in _spec_error(path)
+
+
+def test_accuracy_control_needs_evaluation(tmp_path: Path) -> None:
+    def mutate(d: dict) -> None:
+        d.pop("evaluation")
+        d["quantization"].append({"name": "q", "backend": "nncf", "accuracy_control": {}})
+
+    assert "accuracy_control" in _spec_error(_bad_spec(tmp_path, mutate))
+
+
+def test_quantize_cache_key_covers_backend_options(tmp_path: Path) -> None:
+    from tasks.quantize import _quantize_cache_key
+
+    spec = load_spec(write_spec(tmp_path / "ok", copy.deepcopy(_example())))
+    fp32 = tmp_path / "fp32.onnx"
+    fp32.write_bytes(b"model")
+    keys = {
+        _quantize_cache_key(None, {"spec": spec, "variant": QuantizationVariantSpec(name="q", **opts), "fp32_path": fp32, "output_dir": tmp_path})
+        for opts in ({}, {"backend": "nncf"}, {"backend": "nncf", "preset": "mixed"}, {"activation_symmetric": True})
+    }
+    assert len(keys) == 4
