@@ -27,9 +27,14 @@ os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", tempfile.mkdtemp(prefix="edg
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own EDGEPORT_HOME (export cache, default stores) and cwd-independent paths."""
+    """Every test gets its own EDGEPORT_HOME (export cache, default stores) and cwd-independent paths.
+
+    EDGEPORT_ENVS is unset too, so managed environments live under that home (none set up);
+    tests that need the machine's environments ask for ``real_envs``.
+    """
     home = tmp_path / "edgeport-home"
     monkeypatch.setenv("EDGEPORT_HOME", str(home))
+    monkeypatch.delenv("EDGEPORT_ENVS", raising=False)
     return home
 
 
@@ -52,6 +57,14 @@ def digits_artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.train(tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture
+def digits_paths(tmp_path: Path) -> dict[str, Path]:
+    """Where ``digits_artifacts`` would put its files, without training: for tests that only
+    validate or plan a spec (loading a spec does not open the checkpoint or the datasets)."""
+    folder = tmp_path / "digits-untrained"
+    return {"checkpoint": folder / "digits_cnn.pt", "calibration": folder / "calibration.npz", "eval": folder / "eval.npz"}
 
 
 def digits_spec_dict(artifacts: dict[str, Path], **overrides) -> dict:

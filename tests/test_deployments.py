@@ -79,8 +79,8 @@ def test_plan_of_the_examples_matches_the_flows():
         assert nightly.parameters["rebenchmark"] is True
 
 
-def test_plan_adds_remote_benchmark_per_pool_and_refuses_name_clashes(tmp_path: Path, digits_artifacts):
-    spec = _remote_spec(tmp_path, digits_artifacts)
+def test_plan_adds_remote_benchmark_per_pool_and_refuses_name_clashes(tmp_path: Path, digits_paths):
+    spec = _remote_spec(tmp_path, digits_paths)
     plans = {p.full_name: p for p in plan_deployments([spec], pool="main-pool", cron="*/5 * * * *")}
     remote = plans["edgeport-remote-benchmark/remote-benchmark-edge-pool"]
     assert remote.work_pool == "edge-pool" and remote.entrypoint == "flows/remote_benchmark.py:remote_benchmark"
@@ -94,10 +94,10 @@ def test_plan_adds_remote_benchmark_per_pool_and_refuses_name_clashes(tmp_path: 
         plan_deployments([tmp_path / "nope.yaml"])
 
 
-def test_work_pool_name_is_validated(tmp_path: Path, digits_artifacts):
+def test_work_pool_name_is_validated(tmp_path: Path, digits_paths):
     from edgeport.spec import load_spec
 
-    data = digits_spec_dict(digits_artifacts)
+    data = digits_spec_dict(digits_paths)
     data["targets"] = [{"name": "cpu", "work_pool": "bad pool!"}]
     with pytest.raises(SpecError, match=r"targets\.0\.work_pool"):
         load_spec(write_spec(tmp_path, data))
@@ -131,6 +131,7 @@ def _flow_runs(deployment: str, timeout_s: float = 30.0, count: int = 1) -> list
         time.sleep(0.5)
 
 
+@pytest.mark.slow
 def test_deploy_and_checkpoint_trigger_on_a_real_server(cli_env, tmp_path: Path, digits_artifacts):
     """`edgeport deploy` creates the pools and deployments; `edgeport notify-checkpoint` emits the
     event; the server's automation creates a flow run of `<spec>-on-checkpoint` whose checkpoint
@@ -178,6 +179,7 @@ def test_deploy_and_checkpoint_trigger_on_a_real_server(cli_env, tmp_path: Path,
     )
 
 
+@pytest.mark.slow
 def test_notify_checkpoint_refuses_bad_input(cli_env, tmp_path: Path, digits_artifacts):
     from edgeport.cli import app
 
@@ -188,6 +190,7 @@ def test_notify_checkpoint_refuses_bad_input(cli_env, tmp_path: Path, digits_art
     assert result.exit_code == 1 and "SpecError" in result.output and "no.yaml" in result.output
 
 
+@pytest.mark.slow
 def test_notify_checkpoint_and_deploy_need_a_prefect_server(tmp_path: Path, digits_artifacts):
     """No PREFECT_API_URL and no `edgeport servers up`: a clear error, not an ephemeral server that
     would drop the event (a real process: the harness' settings must not leak in)."""
@@ -211,6 +214,7 @@ def test_notify_checkpoint_and_deploy_need_a_prefect_server(tmp_path: Path, digi
             apply_deployments(plan_deployments([spec]))
 
 
+@pytest.mark.slow
 def test_remote_benchmark_errors_are_clear(prefect_harness, tmp_path: Path, digits_artifacts):
     """No deployment for the pool: BenchmarkError naming `edgeport deploy`. No worker: the run is
     cancelled after the timeout and the error says to start one."""
@@ -233,6 +237,7 @@ def test_remote_benchmark_errors_are_clear(prefect_harness, tmp_path: Path, digi
         assert client.read_flow_run(run.id).state.is_cancelled()
 
 
+@pytest.mark.slow
 def test_pipeline_checkpoint_parameter_is_checked_by_preflight(prefect_harness, tmp_path: Path, digits_artifacts):
     from flows.pipeline import pipeline
 
@@ -243,6 +248,7 @@ def test_pipeline_checkpoint_parameter_is_checked_by_preflight(prefect_harness, 
         pipeline(str(spec), output_dir=str(tmp_path / "out"), checkpoint=str(tmp_path / "gone.pt"))
 
 
+@pytest.mark.slow
 def test_preflight_leaves_a_remote_targets_environment_to_its_device(tmp_path: Path, digits_artifacts, monkeypatch):
     """A target benchmarked by a work pool's worker is checked on that device, not here: the
     managed OpenVINO environment missing on this host fails preflight for a local target only."""

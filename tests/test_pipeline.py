@@ -24,6 +24,8 @@ from tests.conftest import (
     write_spec,
 )
 
+pytestmark = pytest.mark.slow
+
 SUMMARY_VARIANT_KEYS = {"name", "kind", "path", "size_bytes", "validation", "evaluation", "benchmarks", "model_version"}
 BENCH_KEYS = {
     "target",

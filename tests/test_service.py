@@ -39,6 +39,8 @@ from edgeport.spec import load_spec
 from mlflow import MlflowClient
 from tests.conftest import digits_spec_dict, write_spec
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "digits-service"
 POOL = "edgeport"  # the default of `edgeport deploy`
