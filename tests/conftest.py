@@ -5,7 +5,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import yaml
@@ -23,6 +26,33 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 # Persisted task results (the export cache's Prefect records) stay out of ~/.prefect.
 os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", tempfile.mkdtemp(prefix="edgeport-prefect-results-"))
+
+T = TypeVar("T")
+
+
+def wait_until(
+    predicate: Callable[[], T], timeout_s: float, interval_s: float = 0.2, message: str | Callable[[], str] = ""
+) -> T:
+    """Poll ``predicate`` until it returns a truthy value and return that value.
+
+    Calls it at once, then every ``interval_s`` seconds until ``timeout_s`` seconds (monotonic
+    clock) have passed, with one last call at the deadline; ``timeout_s=0`` checks once. An
+    exception from ``predicate`` propagates (to fail early on a condition that cannot come true).
+
+    Raises:
+        AssertionError: still falsy at the deadline; the text is ``message`` (called if callable)
+            and the last value.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            text = message() if callable(message) else message
+            raise AssertionError(f"{text or 'condition not met'} within {timeout_s} s (last value: {value!r})")
+        time.sleep(min(interval_s, remaining))
 
 
 @pytest.fixture(autouse=True)

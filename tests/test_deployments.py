@@ -8,7 +8,6 @@ import inspect
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from deployments.deploy import (
     plan_deployments,
 )
 from edgeport.errors import BenchmarkError, CheckpointError, DeploymentError, SpecError
-from tests.conftest import digits_spec_dict, write_spec
+from tests.conftest import digits_spec_dict, wait_until, write_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,27 +107,31 @@ def _read_events(name: str, resource_id: str, timeout_s: float = 30.0) -> list:
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
     flt = EventFilter(event=EventNameFilter(name=[name]), resource=EventResourceFilter(id=[resource_id]))
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    def read() -> list:
         with get_client(sync_client=True) as client:
-            events = client.read_events(filter=flt, limit=50).events
-        if events or time.monotonic() > deadline:
-            return events
-        time.sleep(0.5)
+            return client.read_events(filter=flt, limit=50).events
+
+    return wait_until(read, timeout_s, interval_s=0.5, message=f"no event {name!r} about {resource_id!r}")
 
 
-def _flow_runs(deployment: str, timeout_s: float = 30.0, count: int = 1) -> list:
+def _read_flow_runs(deployment: str) -> list:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
-    deadline = time.monotonic() + timeout_s
-    while True:
-        with get_client(sync_client=True) as client:
-            dep = client.read_deployment_by_name(deployment)
-            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
-        if len(runs) >= count or time.monotonic() > deadline:
-            return runs
-        time.sleep(0.5)
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name(deployment)
+        return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
+
+
+def _flow_runs(deployment: str, timeout_s: float = 30.0, count: int = 1) -> list:
+    """The flow runs of ``deployment`` once there are at least ``count`` (polls up to ``timeout_s``)."""
+
+    def enough() -> list | None:
+        runs = _read_flow_runs(deployment)
+        return runs if len(runs) >= count else None
+
+    return wait_until(enough, timeout_s, interval_s=0.5, message=f"fewer than {count} flow run(s) of {deployment}")
 
 
 @pytest.mark.slow
@@ -174,8 +177,8 @@ def test_deploy_and_checkpoint_trigger_on_a_real_server(cli_env, tmp_path: Path,
 
     (run,) = _flow_runs("edgeport-pipeline/digits-trigger-on-checkpoint", timeout_s=60)
     assert run.parameters == {"spec_path": str(spec), "checkpoint": str(checkpoint)}
-    assert _flow_runs("edgeport-pipeline/digits-trigger-nightly", timeout_s=0) == [] or all(
-        r.state.is_scheduled() for r in _flow_runs("edgeport-pipeline/digits-trigger-nightly", timeout_s=0)
+    assert _read_flow_runs("edgeport-pipeline/digits-trigger-nightly") == [] or all(
+        r.state.is_scheduled() for r in _read_flow_runs("edgeport-pipeline/digits-trigger-nightly")
     )
 
 

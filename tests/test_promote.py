@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import socket
 import threading
-import time
 
 import pytest
 from typer.testing import CliRunner
@@ -34,7 +33,7 @@ from tasks.promote import (
     rollback,
 )
 from tasks.register import register_pipeline
-from tests.conftest import digits_spec_dict, write_spec
+from tests.conftest import digits_spec_dict, wait_until, write_spec
 
 MODEL = "digits-promote"
 
@@ -100,21 +99,21 @@ def version_tags(uri: str, model: str, version: str) -> dict[str, str]:
 
 def read_events(name: str, resource_id: str, count: int = 1, timeout_s: float = 30.0) -> list:
     """Events ``name`` about ``resource_id`` stored by the harness' Prefect server (flushes the
-    events worker first, then polls until ``count`` are there or ``timeout_s`` passed: the
-    server persists events in batches)."""
+    events worker first, then polls until ``count`` are there, as the server persists events in
+    batches; AssertionError after ``timeout_s``)."""
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
     from prefect.events.worker import EventsWorker
 
     EventsWorker.drain_all(timeout=10)
     flt = EventFilter(event=EventNameFilter(name=[name]), resource=EventResourceFilter(id=[resource_id]))
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    def enough() -> list | None:
         with get_client(sync_client=True) as client:
             events = client.read_events(filter=flt, limit=50).events
-        if len(events) >= count or time.monotonic() > deadline:
-            return events
-        time.sleep(0.5)
+        return events if len(events) >= count else None
+
+    return wait_until(enough, timeout_s, interval_s=0.5, message=f"fewer than {count} event(s) {name!r} about {resource_id!r}")
 
 
 # --------------------------------------------------------------------------- the rule, on its own
