@@ -1,11 +1,12 @@
-# edgeport: two entry points for a fresh clone (Python 3.11 + make).
-#   make demo   install, train the digits example if needed, run the pipeline end to end
-#   make test   install, run the test suite
+# edgeport: entry points for a fresh clone (Python 3.11 + make).
+#   make demo        install, train the digits example if needed, run the pipeline end to end
+#   make test        install, run the test suite (what CI runs)
+#   make test-fast   install, run the fast layer only: tests not marked slow (under a minute)
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-fast clean
 
 # The OpenVINO EP ships as its own onnxruntime build: a managed environment (targets profile openvino-cpu).
 install: $(VENV)/.installed
@@ -24,6 +25,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest
+
+# Unit tests of pure functions and quick checks; every end-to-end test is marked slow.
+test-fast: install
+	$(PY) -m pytest -m "not slow"
 
 clean:
 	rm -rf .edgeport examples/*/artifacts

@@ -5,7 +5,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import yaml
@@ -24,12 +27,44 @@ os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 # Persisted task results (the export cache's Prefect records) stay out of ~/.prefect.
 os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", tempfile.mkdtemp(prefix="edgeport-prefect-results-"))
 
+T = TypeVar("T")
+
+
+def wait_until(
+    predicate: Callable[[], T], timeout_s: float, interval_s: float = 0.2, message: str | Callable[[], str] = ""
+) -> T:
+    """Poll ``predicate`` until it returns a truthy value and return that value.
+
+    Calls it at once, then every ``interval_s`` seconds until ``timeout_s`` seconds (monotonic
+    clock) have passed, with one last call at the deadline; ``timeout_s=0`` checks once. An
+    exception from ``predicate`` propagates (to fail early on a condition that cannot come true).
+
+    Raises:
+        AssertionError: still falsy at the deadline; the text is ``message`` (called if callable)
+            and the last value.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            text = message() if callable(message) else message
+            raise AssertionError(f"{text or 'condition not met'} within {timeout_s} s (last value: {value!r})")
+        time.sleep(min(interval_s, remaining))
+
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own EDGEPORT_HOME (export cache, default stores) and cwd-independent paths."""
+    """Every test gets its own EDGEPORT_HOME (export cache, default stores) and cwd-independent paths.
+
+    EDGEPORT_ENVS is unset too, so managed environments live under that home (none set up);
+    tests that need the machine's environments ask for ``real_envs``.
+    """
     home = tmp_path / "edgeport-home"
     monkeypatch.setenv("EDGEPORT_HOME", str(home))
+    monkeypatch.delenv("EDGEPORT_ENVS", raising=False)
     return home
 
 
@@ -52,6 +87,14 @@ def digits_artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.train(tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture
+def digits_paths(tmp_path: Path) -> dict[str, Path]:
+    """Where ``digits_artifacts`` would put its files, without training: for tests that only
+    validate or plan a spec (loading a spec does not open the checkpoint or the datasets)."""
+    folder = tmp_path / "digits-untrained"
+    return {"checkpoint": folder / "digits_cnn.pt", "calibration": folder / "calibration.npz", "eval": folder / "eval.npz"}
 
 
 def digits_spec_dict(artifacts: dict[str, Path], **overrides) -> dict:

@@ -47,6 +47,8 @@ from tasks.preflight import preflight
 from tasks.register import check_tracking_uri
 from tasks.validate import validate_onnx
 
+pytestmark = pytest.mark.slow
+
 UNREACHABLE_URI = "http://127.0.0.1:9"  # the discard port: nothing listens there
 
 

@@ -76,6 +76,7 @@ def assert_sane(entry: dict) -> None:
     assert entry["stop_reason"] in {"ci", "max_runs", "time_budget"}
 
 
+@pytest.mark.slow
 def test_cpu_benchmark_ok(tmp_path: Path, model: Path, samples: Path) -> None:
     out = tmp_path / "out"
     entries = benchmark_variant(model, make_spec(tmp_path), TargetSpec(), samples, out)
@@ -96,6 +97,7 @@ def test_cpu_benchmark_ok(tmp_path: Path, model: Path, samples: Path) -> None:
     assert not (out / "benchmark-cpu.partial.json").exists()
 
 
+@pytest.mark.slow
 def test_random_data_and_session_options(tmp_path: Path, model: Path) -> None:
     target = TargetSpec(name="cpu-1t", intra_op_num_threads=1, inter_op_num_threads=1, graph_optimization_level="basic")
     (entry,) = benchmark_variant(model, make_spec(tmp_path, batch_sizes=[3]), target, None, tmp_path / "out")
@@ -106,6 +108,7 @@ def test_random_data_and_session_options(tmp_path: Path, model: Path) -> None:
     assert request["session_options"]["graph_optimization_level"] == "basic"
 
 
+@pytest.mark.slow
 def test_unavailable_provider_falls_back_to_cpu(tmp_path: Path, model: Path, samples: Path) -> None:
     target = TargetSpec(name="gpu", providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
     entries = benchmark_variant(model, make_spec(tmp_path, batch_sizes=[2]), target, samples, tmp_path / "out")
@@ -125,6 +128,7 @@ def test_unknown_provider_raises_before_launch(tmp_path: Path, model: Path) -> N
     assert not (tmp_path / "out" / "benchmark-bogus.request.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("opset", "op", "message"), [(17, "FooBar", "FooBar"), (99, "Relu", "opset")])
 def test_unloadable_model_is_unsupported(tmp_path: Path, opset: int, op: str, message: str) -> None:
     model = make_model(tmp_path / "bad.onnx", opset=opset, op=op)
@@ -134,6 +138,7 @@ def test_unloadable_model_is_unsupported(tmp_path: Path, opset: int, op: str, me
         assert message in entry["error"] and entry["provider"] is None and entry["p50_ms"] is None
 
 
+@pytest.mark.slow
 def test_static_batch_dim_is_unsupported_for_other_batch_sizes(tmp_path: Path, samples: Path) -> None:
     model = onnx.load(make_model(tmp_path / "static.onnx"))
     for value_info in (*model.graph.input, *model.graph.output):
@@ -144,6 +149,7 @@ def test_static_batch_dim_is_unsupported_for_other_batch_sizes(tmp_path: Path, s
     assert too_big["status"] == "unsupported" and "static batch dim" in too_big["error"]
 
 
+@pytest.mark.slow
 def test_wrong_sample_shape_fails(tmp_path: Path, model: Path) -> None:
     bad = tmp_path / "bad.npz"
     np.savez(bad, x=np.zeros((5, N_FEATURES + 1), np.float32))
@@ -152,6 +158,7 @@ def test_wrong_sample_shape_fails(tmp_path: Path, model: Path) -> None:
     assert "dim 1 is 5" in entries[0]["error"] and entries[0]["provider"] == "CPUExecutionProvider"
 
 
+@pytest.mark.slow
 def test_timeout_kills_runner_and_reports_failed(tmp_path: Path, model: Path) -> None:
     # A warmup that would take hours: the wrapper must kill the runner at timeout_s.
     spec = make_spec(tmp_path, warmup=10**9, timeout_s=2.0)
@@ -189,6 +196,7 @@ def test_runner_crash_reports_failed(tmp_path: Path, model: Path, body: str, mes
         assert "ort: " in entries[0]["error"]  # the stderr tail
 
 
+@pytest.mark.slow
 def test_finished_batch_sizes_survive_a_later_crash(tmp_path: Path, model: Path) -> None:
     # The real runner finishes (writing the partial file), then the process is killed.
     python = _fake_python(tmp_path, f'"{sys.executable}" "$@" >/dev/null; kill -KILL $$')
@@ -198,6 +206,7 @@ def test_finished_batch_sizes_survive_a_later_crash(tmp_path: Path, model: Path)
         assert_sane(entry)
 
 
+@pytest.mark.slow
 def test_runner_standalone_stdout_is_one_json_line(tmp_path: Path, model: Path) -> None:
     """The runner works as a copied file, prints exactly one stdout line, and honours the request."""
     copy = tmp_path / "runner.py"

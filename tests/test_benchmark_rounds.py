@@ -78,6 +78,7 @@ def test_combine_rounds_takes_the_worst_status(tmp_path: Path):
     assert combined["status"] == "failed" and "SIGKILL" in combined["error"]
 
 
+@pytest.mark.slow
 def test_interleaved_and_solo_medians_agree(tmp_path: Path):
     """Two variants interleaved in rounds (A B A B, one live session at a time, spinning off)
     measure what each measures alone: the interleaving does not steal cores."""

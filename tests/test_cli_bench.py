@@ -99,6 +99,7 @@ def table_rows(output: str) -> list[list[str]]:
     return [[c.strip() for c in line.strip("│").split("│")] for line in output.splitlines() if line.startswith("│")]
 
 
+@pytest.mark.slow
 def test_cpu_table_and_json(app: typer.Typer, tmp_path: Path) -> None:
     model = make_matmul(tmp_path / "tiny.onnx")
     out = tmp_path / "bench.json"
@@ -117,6 +118,7 @@ def test_cpu_table_and_json(app: typer.Typer, tmp_path: Path) -> None:
     assert all(e.get("latencies_path") is None for e in raw["results"])  # the temporary work folder is gone
 
 
+@pytest.mark.slow
 def test_default_batch_sizes_and_static_batch(app: typer.Typer, tmp_path: Path) -> None:
     dynamic = make_matmul(tmp_path / "dynamic.onnx")
     result = invoke(app, dynamic, *QUICK)
@@ -134,6 +136,7 @@ def test_default_batch_sizes_and_static_batch(app: typer.Typer, tmp_path: Path) 
     assert "static batch dim of 1" in result.stdout
 
 
+@pytest.mark.slow
 def test_dims_from_the_graph_and_dim_option(app: typer.Typer, tmp_path: Path) -> None:
     model = make_sequence_model(tmp_path / "seq.onnx")
     inputs, outputs = model_inputs(model)
@@ -161,6 +164,7 @@ def test_dims_from_the_graph_and_dim_option(app: typer.Typer, tmp_path: Path) ->
     assert invoke(app, model, "--dim", "seq=zero").exit_code == 1
 
 
+@pytest.mark.slow
 def test_samples(app: typer.Typer, tmp_path: Path) -> None:
     model = make_matmul(tmp_path / "tiny.onnx")
     good = tmp_path / "good.npz"
@@ -216,6 +220,7 @@ def test_openvino_env_missing_is_a_target_error(app: typer.Typer, tmp_path: Path
     assert "TargetError" in result.output and "edgeport targets setup openvino" in result.output
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not openvino_env_ready(), reason="run `edgeport targets setup openvino` to create the OpenVINO environment")
 def test_openvino_target(app: typer.Typer, tmp_path: Path, real_envs: Path) -> None:
     model = make_matmul(tmp_path / "tiny.onnx")

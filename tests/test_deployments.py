@@ -8,7 +8,6 @@ import inspect
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from deployments.deploy import (
     plan_deployments,
 )
 from edgeport.errors import BenchmarkError, CheckpointError, DeploymentError, SpecError
-from tests.conftest import digits_spec_dict, write_spec
+from tests.conftest import digits_spec_dict, wait_until, write_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,8 +78,8 @@ def test_plan_of_the_examples_matches_the_flows():
         assert nightly.parameters["rebenchmark"] is True
 
 
-def test_plan_adds_remote_benchmark_per_pool_and_refuses_name_clashes(tmp_path: Path, digits_artifacts):
-    spec = _remote_spec(tmp_path, digits_artifacts)
+def test_plan_adds_remote_benchmark_per_pool_and_refuses_name_clashes(tmp_path: Path, digits_paths):
+    spec = _remote_spec(tmp_path, digits_paths)
     plans = {p.full_name: p for p in plan_deployments([spec], pool="main-pool", cron="*/5 * * * *")}
     remote = plans["edgeport-remote-benchmark/remote-benchmark-edge-pool"]
     assert remote.work_pool == "edge-pool" and remote.entrypoint == "flows/remote_benchmark.py:remote_benchmark"
@@ -94,10 +93,10 @@ def test_plan_adds_remote_benchmark_per_pool_and_refuses_name_clashes(tmp_path: 
         plan_deployments([tmp_path / "nope.yaml"])
 
 
-def test_work_pool_name_is_validated(tmp_path: Path, digits_artifacts):
+def test_work_pool_name_is_validated(tmp_path: Path, digits_paths):
     from edgeport.spec import load_spec
 
-    data = digits_spec_dict(digits_artifacts)
+    data = digits_spec_dict(digits_paths)
     data["targets"] = [{"name": "cpu", "work_pool": "bad pool!"}]
     with pytest.raises(SpecError, match=r"targets\.0\.work_pool"):
         load_spec(write_spec(tmp_path, data))
@@ -108,29 +107,34 @@ def _read_events(name: str, resource_id: str, timeout_s: float = 30.0) -> list:
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
     flt = EventFilter(event=EventNameFilter(name=[name]), resource=EventResourceFilter(id=[resource_id]))
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    def read() -> list:
         with get_client(sync_client=True) as client:
-            events = client.read_events(filter=flt, limit=50).events
-        if events or time.monotonic() > deadline:
-            return events
-        time.sleep(0.5)
+            return client.read_events(filter=flt, limit=50).events
+
+    return wait_until(read, timeout_s, interval_s=0.5, message=f"no event {name!r} about {resource_id!r}")
 
 
-def _flow_runs(deployment: str, timeout_s: float = 30.0, count: int = 1) -> list:
+def _read_flow_runs(deployment: str) -> list:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
-    deadline = time.monotonic() + timeout_s
-    while True:
-        with get_client(sync_client=True) as client:
-            dep = client.read_deployment_by_name(deployment)
-            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
-        if len(runs) >= count or time.monotonic() > deadline:
-            return runs
-        time.sleep(0.5)
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name(deployment)
+        return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
 
 
+def _flow_runs(deployment: str, timeout_s: float = 30.0, count: int = 1) -> list:
+    """The flow runs of ``deployment`` once there are at least ``count`` (polls up to ``timeout_s``)."""
+
+    def enough() -> list | None:
+        runs = _read_flow_runs(deployment)
+        return runs if len(runs) >= count else None
+
+    return wait_until(enough, timeout_s, interval_s=0.5, message=f"fewer than {count} flow run(s) of {deployment}")
+
+
+@pytest.mark.slow
 def test_deploy_and_checkpoint_trigger_on_a_real_server(cli_env, tmp_path: Path, digits_artifacts):
     """`edgeport deploy` creates the pools and deployments; `edgeport notify-checkpoint` emits the
     event; the server's automation creates a flow run of `<spec>-on-checkpoint` whose checkpoint
@@ -173,11 +177,12 @@ def test_deploy_and_checkpoint_trigger_on_a_real_server(cli_env, tmp_path: Path,
 
     (run,) = _flow_runs("edgeport-pipeline/digits-trigger-on-checkpoint", timeout_s=60)
     assert run.parameters == {"spec_path": str(spec), "checkpoint": str(checkpoint)}
-    assert _flow_runs("edgeport-pipeline/digits-trigger-nightly", timeout_s=0) == [] or all(
-        r.state.is_scheduled() for r in _flow_runs("edgeport-pipeline/digits-trigger-nightly", timeout_s=0)
+    assert _read_flow_runs("edgeport-pipeline/digits-trigger-nightly") == [] or all(
+        r.state.is_scheduled() for r in _read_flow_runs("edgeport-pipeline/digits-trigger-nightly")
     )
 
 
+@pytest.mark.slow
 def test_notify_checkpoint_refuses_bad_input(cli_env, tmp_path: Path, digits_artifacts):
     from edgeport.cli import app
 
@@ -188,6 +193,7 @@ def test_notify_checkpoint_refuses_bad_input(cli_env, tmp_path: Path, digits_art
     assert result.exit_code == 1 and "SpecError" in result.output and "no.yaml" in result.output
 
 
+@pytest.mark.slow
 def test_notify_checkpoint_and_deploy_need_a_prefect_server(tmp_path: Path, digits_artifacts):
     """No PREFECT_API_URL and no `edgeport servers up`: a clear error, not an ephemeral server that
     would drop the event (a real process: the harness' settings must not leak in)."""
@@ -211,6 +217,7 @@ def test_notify_checkpoint_and_deploy_need_a_prefect_server(tmp_path: Path, digi
             apply_deployments(plan_deployments([spec]))
 
 
+@pytest.mark.slow
 def test_remote_benchmark_errors_are_clear(prefect_harness, tmp_path: Path, digits_artifacts):
     """No deployment for the pool: BenchmarkError naming `edgeport deploy`. No worker: the run is
     cancelled after the timeout and the error says to start one."""
@@ -233,6 +240,7 @@ def test_remote_benchmark_errors_are_clear(prefect_harness, tmp_path: Path, digi
         assert client.read_flow_run(run.id).state.is_cancelled()
 
 
+@pytest.mark.slow
 def test_pipeline_checkpoint_parameter_is_checked_by_preflight(prefect_harness, tmp_path: Path, digits_artifacts):
     from flows.pipeline import pipeline
 
@@ -243,6 +251,7 @@ def test_pipeline_checkpoint_parameter_is_checked_by_preflight(prefect_harness, 
         pipeline(str(spec), output_dir=str(tmp_path / "out"), checkpoint=str(tmp_path / "gone.pt"))
 
 
+@pytest.mark.slow
 def test_preflight_leaves_a_remote_targets_environment_to_its_device(tmp_path: Path, digits_artifacts, monkeypatch):
     """A target benchmarked by a work pool's worker is checked on that device, not here: the
     managed OpenVINO environment missing on this host fails preflight for a local target only."""

@@ -37,6 +37,8 @@ from tasks.quantize import preprocess, quantize_variant  # noqa: E402
 from tasks.quantize_int4 import quantize_int4  # noqa: E402
 from tasks.validate import validate_onnx  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 MINILM = REPO / "examples" / "minilm"
 INPUTS = ("input_ids", "attention_mask")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import socket
 import threading
-import time
 
 import pytest
 from typer.testing import CliRunner
@@ -34,7 +33,7 @@ from tasks.promote import (
     rollback,
 )
 from tasks.register import register_pipeline
-from tests.conftest import digits_spec_dict, write_spec
+from tests.conftest import digits_spec_dict, wait_until, write_spec
 
 MODEL = "digits-promote"
 
@@ -100,21 +99,21 @@ def version_tags(uri: str, model: str, version: str) -> dict[str, str]:
 
 def read_events(name: str, resource_id: str, count: int = 1, timeout_s: float = 30.0) -> list:
     """Events ``name`` about ``resource_id`` stored by the harness' Prefect server (flushes the
-    events worker first, then polls until ``count`` are there or ``timeout_s`` passed: the
-    server persists events in batches)."""
+    events worker first, then polls until ``count`` are there, as the server persists events in
+    batches; AssertionError after ``timeout_s``)."""
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
     from prefect.events.worker import EventsWorker
 
     EventsWorker.drain_all(timeout=10)
     flt = EventFilter(event=EventNameFilter(name=[name]), resource=EventResourceFilter(id=[resource_id]))
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    def enough() -> list | None:
         with get_client(sync_client=True) as client:
             events = client.read_events(filter=flt, limit=50).events
-        if len(events) >= count or time.monotonic() > deadline:
-            return events
-        time.sleep(0.5)
+        return events if len(events) >= count else None
+
+    return wait_until(enough, timeout_s, interval_s=0.5, message=f"fewer than {count} event(s) {name!r} about {resource_id!r}")
 
 
 # --------------------------------------------------------------------------- the rule, on its own
@@ -142,8 +141,8 @@ def test_latency_rule_uses_the_confidence_intervals():
     assert passed and "no CI recorded for version(s) 2" in detail
 
 
-def test_promotion_spec_in_the_pipeline_spec(digits_artifacts, tmp_path):
-    data = digits_spec_dict(digits_artifacts)
+def test_promotion_spec_in_the_pipeline_spec(digits_paths, tmp_path):
+    data = digits_spec_dict(digits_paths)
     data["registry"]["promotion"] = {"target": "cpu", "batch_size": 1, "min_p50_improvement_pct": 5}
     spec = load_spec(write_spec(tmp_path, data))
     assert spec.registry.promotion.min_p50_improvement_pct == 5
@@ -158,6 +157,7 @@ def test_promotion_spec_in_the_pipeline_spec(digits_artifacts, tmp_path):
 # --------------------------------------------------------------------------- promotion on a real registry
 
 
+@pytest.mark.slow
 def test_first_promotion_of_the_pipelines_challenger(digits_run):
     from prefect.artifacts import Artifact
 
@@ -185,6 +185,7 @@ def test_first_promotion_of_the_pipelines_challenger(digits_run):
     assert aliases(uri, MODEL)[CHAMPION] == challenger
 
 
+@pytest.mark.slow
 def test_faster_candidate_replaces_the_champion(digits_run):
     from flows.promote import promote_flow
 
@@ -212,6 +213,7 @@ def test_faster_candidate_replaces_the_champion(digits_run):
     assert payloads[v["fast"]]["champion_version"] == v["base"] and payloads[v["fast"]]["accepted"] is True
 
 
+@pytest.mark.slow
 def test_slower_candidate_is_rejected_and_nothing_changes(digits_run):
     from flows.promote import promote_flow
 
@@ -232,6 +234,7 @@ def test_slower_candidate_is_rejected_and_nothing_changes(digits_run):
     assert info.value.decision["champion_version"] == v["base"]
 
 
+@pytest.mark.slow
 def test_required_speedup_from_the_spec_rejects_a_small_gain(digits_run, tmp_path):
     from flows.promote import promote_flow
 
@@ -245,6 +248,7 @@ def test_required_speedup_from_the_spec_rejects_a_small_gain(digits_run, tmp_pat
     assert aliases(uri, model)[CHAMPION] == v["base"]
 
 
+@pytest.mark.slow
 def test_quality_failing_candidate_is_rejected(digits_run):
     uri, model = digits_run["uri"], "digits-quality"
     v = register_versions(
@@ -261,6 +265,7 @@ def test_quality_failing_candidate_is_rejected(digits_run):
     assert aliases(uri, model)[CHAMPION] == v["base"] and PREVIOUS_CHAMPION not in aliases(uri, model)
 
 
+@pytest.mark.slow
 def test_rollback_moves_champion_back_once(digits_run):
     from flows.promote import rollback_flow
 
@@ -279,6 +284,7 @@ def test_rollback_moves_champion_back_once(digits_run):
         rollback(model, uri)
 
 
+@pytest.mark.slow
 def test_bad_requests_fail_clearly(digits_run):
     uri, model = digits_run["uri"], "digits-errors"
     v = register_versions(digits_run, model, {"a": {"p50_scale": 1.0}})
@@ -310,6 +316,7 @@ class sock_port:
 # --------------------------------------------------------------------------- serialisation
 
 
+@pytest.mark.slow
 def test_promotion_waits_for_the_models_lock(digits_run):
     from flows.promote import promote_flow, promotion_lock
 
@@ -325,6 +332,7 @@ def test_promotion_waits_for_the_models_lock(digits_run):
     assert not worker.is_alive() and results[0]["accepted"] and aliases(uri, model)[CHAMPION] == v["a"]
 
 
+@pytest.mark.slow
 def test_concurrent_promotions_end_consistent(digits_run):
     from flows.promote import promote_flow
 
@@ -365,6 +373,7 @@ def test_concurrent_promotions_end_consistent(digits_run):
 # --------------------------------------------------------------------------- CLI
 
 
+@pytest.mark.slow
 def test_cli_exit_codes(digits_run, cli_env):
     from edgeport.cli import app
 

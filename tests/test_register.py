@@ -140,6 +140,7 @@ def test_artifact_location_never_cwd(tmp_path, monkeypatch):
     assert _artifact_location_for("http://127.0.0.1:5000", "e") is None
 
 
+@pytest.mark.slow
 def test_registers_only_passing_variants(registered, store):
     result, _, cwd = registered
     uri, folder = store
@@ -160,6 +161,7 @@ def test_registers_only_passing_variants(registered, store):
     assert json.loads((registered[1] / "out" / "registration.json").read_text()) == result
 
 
+@pytest.mark.slow
 def test_challenger_alias_and_version_tags(registered, store):
     result, _, _ = registered
     uri, _ = store
@@ -178,6 +180,7 @@ def test_challenger_alias_and_version_tags(registered, store):
     assert nested.data.tags["edgeport.variant"] == "int8-static"
 
 
+@pytest.mark.slow
 def test_parent_and_nested_runs(registered, store):
     result, _, _ = registered
     uri, _ = store
@@ -210,6 +213,7 @@ def test_parent_and_nested_runs(registered, store):
     assert json.loads(Path(local).read_text())["benchmarks"][0]["p50_ms"] == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_registered_model_loads_as_onnx(registered, store):
     import mlflow.onnx
     import onnxruntime as ort
@@ -241,6 +245,7 @@ def test_unreachable_uri_fails_fast():
     assert time.monotonic() - start < 15
 
 
+@pytest.mark.slow
 def test_register_unreachable_raises_unavailable(tmp_path):
     model = _tiny_onnx(tmp_path / "m.onnx", 1.0)
     start = time.monotonic()
@@ -250,6 +255,7 @@ def test_register_unreachable_raises_unavailable(tmp_path):
     assert time.monotonic() - start < 15
 
 
+@pytest.mark.slow
 def test_missing_file_raises_before_writing(store, tmp_path):
     uri, _ = store
     good = _tiny_onnx(tmp_path / "good.onnx", 1.0)
@@ -261,6 +267,7 @@ def test_missing_file_raises_before_writing(store, tmp_path):
     assert client.search_model_versions("name = 'tiny-missing'") == []
 
 
+@pytest.mark.slow
 def test_failure_after_a_registered_version_rolls_back(store, tmp_path):
     uri, _ = store
     good = _tiny_onnx(tmp_path / "good.onnx", 1.0)
@@ -279,6 +286,7 @@ def test_failure_after_a_registered_version_rolls_back(store, tmp_path):
     assert not (tmp_path / "out" / "registration.json").exists()
 
 
+@pytest.mark.slow
 def test_ensure_experiment_is_idempotent(store):
     uri, _ = store
     client = MlflowClient(tracking_uri=uri)

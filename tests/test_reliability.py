@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -30,7 +30,7 @@ from edgeport.servers import (
 )
 from mlflow import MlflowClient
 from tasks.register import PENDING_FILE, REGISTRATION_TAG, register_pipeline
-from tests.conftest import REPO, digits_spec_dict, write_spec
+from tests.conftest import REPO, digits_spec_dict, wait_until, write_spec
 from tests.test_register import _spec as _tiny_spec
 from tests.test_register import _tiny_onnx, _variant
 
@@ -100,13 +100,24 @@ def _start_run(spec: Path, out: Path, env: dict[str, str], log: Path) -> subproc
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout_s: float = 600) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not path.exists():
+    def appeared() -> bool:
+        if path.exists():
+            return True
         if proc.poll() is not None:
             raise AssertionError(f"edgeport run exited ({proc.returncode}) before {path} appeared")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} did not appear within {timeout_s} s")
-        time.sleep(0.2)
+        return False
+
+    wait_until(appeared, timeout_s, interval_s=0.2, message=f"{path} did not appear")
+
+
+def _retried(log: Path, proc: subprocess.Popen, offset: int) -> bool:
+    """Whether the run logged a task retry (Prefect's "Retry <i>/<n> will start ...") past character
+    ``offset`` of its log; fails if it exited."""
+    if re.search(r"Retry \d+/", log.read_text()[offset:]):
+        return True
+    if proc.poll() is not None:
+        raise AssertionError(f"edgeport run exited ({proc.returncode}) before a retry was logged")
+    return False
 
 
 def _finish(proc: subprocess.Popen, timeout_s: float = 600) -> int:
@@ -155,7 +166,8 @@ def test_outage_within_the_window_completes_and_loses_nothing(mlflow_server, run
         _wait_for(out / PENDING_FILE, proc)  # results persisted locally before talking to MLflow
         pending = json.loads((out / PENDING_FILE).read_text())
         assert pending["status"] == "pending" and {v["name"] for v in pending["variants"]} >= {"fp32", "int8-static"}
-        time.sleep(5)  # let registration attempts fail
+        logged = len(log.read_text())
+        wait_until(lambda: _retried(log, proc, logged), 120, interval_s=0.5, message="no retry logged")  # an attempt failed
         mlflow_server.start()  # same port, same store
         code = _finish(proc)
     finally:

@@ -108,6 +108,7 @@ def outlier(tmp_path: Path) -> dict:
     return {**files, "spec": spec, "work": work, "pre": pre, "cache": cache, "damaged": damaged}
 
 
+@pytest.mark.slow
 def test_sensitivity_ranks_the_damaged_node_first(outlier):
     base = QuantizationVariantSpec(name="base", per_channel=True)
     report = analyze_sensitivity(
@@ -123,6 +124,7 @@ def test_sensitivity_ranks_the_damaged_node_first(outlier):
     assert report["probes"] == 1 + report["candidates"]  # small model: every node alone
 
 
+@pytest.mark.slow
 def test_sensitivity_groups_first_then_refines_the_worst_group(outlier):
     base = QuantizationVariantSpec(name="base", per_channel=True)
     nodes = candidate_nodes(outlier["pre"], "QDQ", None)
@@ -193,6 +195,7 @@ def digits_search(prefect_harness, digits_artifacts, tmp_path_factory):
     mp.undo()
 
 
+@pytest.mark.slow
 def test_search_picks_the_faster_of_two_passing_trials(digits_search):
     search = digits_search["first"]["search"]
     trials = {t["trial_id"]: t for t in search["trials"]}
@@ -220,6 +223,7 @@ def test_search_picks_the_faster_of_two_passing_trials(digits_search):
     assert mv.tags["edgeport.search.num_trials"] == str(len(search["trials"]))
 
 
+@pytest.mark.slow
 def test_search_logs_trials_as_nested_runs_and_plots(digits_search):
     first = digits_search["first"]
     client = MlflowClient(digits_search["uri"])
@@ -240,6 +244,7 @@ def test_search_logs_trials_as_nested_runs_and_plots(digits_search):
     assert sens["ranking"] and {"node", "op_type", "impact", "metric_impact"} <= sens["ranking"][0].keys()
 
 
+@pytest.mark.slow
 def test_resumed_search_reuses_cached_trials(digits_search):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
@@ -290,6 +295,7 @@ _FACTORY = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_no_passing_trial_registers_nothing_and_exits_2(tmp_path, cli_env):
     import torch
 
@@ -365,8 +371,8 @@ def test_no_passing_trial_registers_nothing_and_exits_2(tmp_path, cli_env):
         ({"parent": "fp32-optimized"}, None, "search.parent is fp32-optimized"),
     ],
 )
-def test_search_section_validation_names_the_field(tmp_path, digits_artifacts, search, drop, expected):
-    data = digits_spec_dict(digits_artifacts, search=search)
+def test_search_section_validation_names_the_field(tmp_path, digits_paths, search, drop, expected):
+    data = digits_spec_dict(digits_paths, search=search)
     if drop:
         data.pop(drop)
         data["quantization"] = [q for q in data["quantization"] if q["mode"] != "static"]
@@ -376,8 +382,8 @@ def test_search_section_validation_names_the_field(tmp_path, digits_artifacts, s
     assert expected in str(info.value)
 
 
-def test_search_section_defaults(tmp_path, digits_artifacts):
-    spec = load_spec(write_spec(tmp_path, digits_spec_dict(digits_artifacts, search={})))
+def test_search_section_defaults(tmp_path, digits_paths):
+    spec = load_spec(write_spec(tmp_path, digits_spec_dict(digits_paths, search={})))
     s = spec.search
     assert s.name == "int8-search" and s.space.exclude_top_k == [0, 1, 2, 4, 8]
     assert s.space.formats == ["QDQ"] and s.space.op_types_to_quantize == [None]

@@ -75,6 +75,7 @@ def in_servers_home(servers, monkeypatch: pytest.MonkeyPatch) -> ServersState:
     return state
 
 
+@pytest.mark.slow
 def test_up_status_env_and_discovery(in_servers_home: ServersState, monkeypatch: pytest.MonkeyPatch):
     state = in_servers_home
     assert state.mlflow_url.startswith("http://127.0.0.1:")
@@ -120,6 +121,7 @@ def test_up_status_env_and_discovery(in_servers_home: ServersState, monkeypatch:
     assert os.environ["PREFECT_API_URL"] == "http://user-choice:4200/api"
 
 
+@pytest.mark.slow
 def test_mlflow_through_server_with_served_artifacts(in_servers_home: ServersState, tmp_path: Path):
     from mlflow.tracking import MlflowClient
 
@@ -145,6 +147,7 @@ def test_mlflow_through_server_with_served_artifacts(in_servers_home: ServersSta
     assert client.get_registered_model("servers-test-model").name == "servers-test-model"
 
 
+@pytest.mark.slow
 def test_flow_run_reaches_prefect_server(in_servers_home: ServersState, tmp_path: Path):
     """A flow run in another process, configured only by `servers env`, is recorded by the server."""
     state = in_servers_home
@@ -174,6 +177,7 @@ def test_flow_run_reaches_prefect_server(in_servers_home: ServersState, tmp_path
     assert [r["state"]["type"] for r in runs] == ["COMPLETED"]
 
 
+@pytest.mark.slow
 def test_up_is_idempotent(in_servers_home: ServersState):
     state = in_servers_home
     again = servers_up(mlflow_port=free_port(), prefect_port=free_port())
@@ -201,6 +205,7 @@ def test_port_in_use_starts_nothing(tmp_path: Path):
     assert runner.invoke(app, ["servers", "env"]).exit_code == 1
 
 
+@pytest.mark.slow
 def test_start_failure_reports_log_tail(tmp_path: Path):
     """A server that dies at start-up fails at once with its log tail (not after the timeout)."""
     log = tmp_path / "mlflow.log"
@@ -233,6 +238,7 @@ def test_stale_state_is_not_running(tmp_path: Path):
         other.wait()
 
 
+@pytest.mark.slow
 def test_down_leaves_no_process_and_frees_ports(servers, in_servers_home: ServersState):
     """Last test of the module: `servers down` stops every process of both servers."""
     _, state, trees = servers

@@ -21,7 +21,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import onnx
@@ -37,7 +36,9 @@ from edgeport.servers import (
 )
 from edgeport.spec import load_spec
 from mlflow import MlflowClient
-from tests.conftest import digits_spec_dict, write_spec
+from tests.conftest import digits_spec_dict, wait_until, write_spec
+
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "digits-service"
@@ -97,17 +98,23 @@ class Service:
             )
 
     def wait_final(self, deployment: str, count: int, timeout_s: float) -> list:
-        """The first ``count`` flow runs of ``deployment`` once all are in a final state."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            runs = self.flow_runs(deployment)
+        """The first ``count`` flow runs of ``deployment`` once all are in a final state (fails at
+        once when a run ends other than completed, and after ``timeout_s``)."""
+        runs: list = []
+
+        def report() -> str:
+            states = [(r.name, r.state.name if r.state else None, r.state.message if r.state else None) for r in runs]
+            return f"{deployment}: flow runs {states} (want {count} completed)\n{self.log_tails()}"
+
+        def final() -> list | None:
+            runs[:] = self.flow_runs(deployment)
             if len(runs) >= count and all(r.state and r.state.is_final() for r in runs[:count]):
                 return runs[:count]
-            failed = [r for r in runs if r.state and r.state.is_final() and not r.state.is_completed()]
-            if failed or time.monotonic() > deadline:
-                states = [(r.name, r.state.name if r.state else None, r.state.message if r.state else None) for r in runs]
-                pytest.fail(f"{deployment}: flow runs {states} (want {count} completed)\n{self.log_tails()}")
-            time.sleep(2)
+            if any(r.state and r.state.is_final() and not r.state.is_completed() for r in runs):
+                pytest.fail(report())
+            return None
+
+        return wait_until(final, timeout_s, interval_s=2, message=report)
 
     def emit(self, event) -> None:
         from edgeport.cli_service import emit_confirmed

@@ -225,6 +225,7 @@ def test_missing_environment_is_reported_and_blocks_the_benchmark(tmp_path: Path
     assert not (tmp_path / "out").exists()  # raised before launching anything
 
 
+@pytest.mark.slow
 def test_explicit_python_overrides_the_target_environment(tmp_path: Path) -> None:
     # The caller's interpreter (here: this one, without OpenVINO) is used as is: the EP is
     # requested with its options, not bound, and the numbers are labelled "fallback".
@@ -248,6 +249,7 @@ def test_stale_marker_is_not_ready(tmp_path: Path) -> None:
         resolve_target("openvino-cpu")
 
 
+@pytest.mark.slow  # creates a virtual environment and runs pip
 def test_environment_that_cannot_be_built_is_a_target_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # pip fails locally (a path that is not a project): no index is asked about a made-up name.
     broken = {"packages": [str(tmp_path / "not-a-project")], "constraints": [], "expects": []}
@@ -313,6 +315,7 @@ def openvino_home(monkeypatch: pytest.MonkeyPatch) -> Path:
     return REAL_HOME
 
 
+@pytest.mark.slow
 def test_openvino_cpu_binds_the_openvino_ep(tmp_path: Path, openvino_home: Path) -> None:
     assert target_availability("openvino-cpu") == (True, "onnxruntime 1.24.1 in env 'openvino'")
     model = make_matmul(tmp_path / "tiny.onnx")
@@ -326,6 +329,7 @@ def test_openvino_cpu_binds_the_openvino_ep(tmp_path: Path, openvino_home: Path)
     assert raw["onnxruntime_version"] == "1.24.1" and OV in raw["available_providers"]
 
 
+@pytest.mark.slow
 def test_openvino_rejects_conv_integer_as_unsupported(tmp_path: Path, openvino_home: Path) -> None:
     model = make_conv_integer(tmp_path)
     spec = make_spec(tmp_path, CONV_INPUTS)
