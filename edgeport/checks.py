@@ -345,12 +345,6 @@ def check_inputs(spec: PipelineSpec, *, output_dir: str | Path | None = None, ou
         OptionError: ``output_dir`` cannot be a folder.
     """
     check_output_dir(output_dir, output_option)
-    check_export_opset(spec)
-    check_opset_supported(spec.export.opset)
-    for target in spec.targets:
-        if target.work_pool is None:  # a remote target's EPs and environment are the device's, checked there
-            resolve_target(target)
-
     calibration_samples = evaluation_samples = num_classes = None
     if spec.calibration is not None:
         cal = spec.calibration
@@ -377,6 +371,12 @@ def check_inputs(spec: PipelineSpec, *, output_dir: str | Path | None = None, ou
                 raise DataError(f"evaluation.dataset: {ev.dataset} has {labels.shape[0]} labels for {n} samples")
             check_evaluation_size(n, ev.max_drop, ev.dataset)
 
+    # torch, onnx and ONNX Runtime are imported from here on: the data checks above fail faster
+    check_export_opset(spec)
+    check_opset_supported(spec.export.opset)
+    for target in spec.targets:
+        if target.work_pool is None:  # a remote target's EPs and environment are the device's, checked there
+            resolve_target(target)
     model = load_model(spec.model)
     _, outputs = check_forward(spec, model, batch_arrays(reference_samples(spec, EXAMPLE_BATCH), EXAMPLE_BATCH))
     if labels is not None:
