@@ -437,14 +437,6 @@ class TargetSpec(_Strict):
         profile = data.get("profile")
         if profile is None and isinstance(label, str) and label in PROFILES:
             profile = label
-        if profile is None and "providers" not in data and isinstance(label, str):
-            near = difflib.get_close_matches(label, list(PROFILES), n=1, cutoff=0.4)
-            raise ValueError(
-                f"name {label!r} is no built-in profile ({', '.join(PROFILES)})"
-                + (f"; did you mean {near[0]!r}?" if near else "")
-                + " A custom target sets `providers` (and `profile` for the defaults), e.g. "
-                f"{{name: {label}, profile: cpu}} or {{name: {label}, providers: [CUDAExecutionProvider, CPUExecutionProvider]}}"
-            )
         if profile is not None:
             if profile not in PROFILES:
                 raise ValueError(f"target {label!r}: unknown profile {profile!r}; built-in profiles: {', '.join(PROFILES)}")
@@ -463,10 +455,19 @@ class TargetSpec(_Strict):
         stray = [p for p in self.provider_options if p not in self.providers]
         if stray:
             raise ValueError(f"target {self.name!r}: provider_options names {stray}, which are not in providers {self.providers}")
-        from edgeport.targets import CURRENT_ENV, ENVIRONMENTS
+        from edgeport.targets import CURRENT_ENV, ENVIRONMENTS, PROFILES
 
         if self.env != CURRENT_ENV and self.env not in ENVIRONMENTS:
             raise ValueError(f"target {self.name!r}: unknown env {self.env!r}; use {CURRENT_ENV!r} or one of {sorted(ENVIRONMENTS)}")
+        if self.profile is None and "providers" not in self.model_fields_set:
+            # A typo'd profile name (`tpu-v9`, `cpu-1`) would otherwise run on the default CPU EP, unnoticed.
+            near = difflib.get_close_matches(self.name, list(PROFILES), n=1, cutoff=0.4)
+            raise ValueError(
+                f"name {self.name!r} is no built-in profile ({', '.join(PROFILES)})"
+                + (f"; did you mean {near[0]!r}?" if near else "")
+                + " A custom target sets `providers` (and `profile` for the defaults), e.g. "
+                f"{{name: {self.name}, profile: cpu}} or {{name: {self.name}, providers: [CUDAExecutionProvider, CPUExecutionProvider]}}"
+            )
         return self
 
     @property
