@@ -342,7 +342,9 @@ def test_cli_run_fails_before_prefect_or_mlflow(tmp_path: Path, digits_artifacts
     assert proc.returncode == 1, proc.stderr
     assert expected in " ".join(proc.stderr.split()), proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
-    assert seconds < 8, f"took {seconds:.1f} s: the checks should fail before Prefect starts"
+    # The proof that nothing started is below (no Prefect home, no MLflow store); the bound is generous
+    # because the host is shared: torch's import alone takes 3-8 s under load (Prefect's start: 12-15 s idle).
+    assert seconds < 20, f"took {seconds:.1f} s: the checks should fail before Prefect starts"
     assert not (home / "mlflow").exists()  # no MLflow store was created
     assert not (home / "prefect").exists()  # Prefect was never set up
     assert not marker.exists()
