@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from edgeport.cli_common import console, err_console, fail
@@ -120,7 +121,29 @@ def print_summary(summary: dict) -> None:
     if ch:
         console.print(f"[green]challenger[/]: {summary['registered_model']} version {ch['version']} ({ch['variant']})")
     else:
-        console.print("[yellow]no variant passed its gates: nothing registered[/]")
+        console.print(f"[yellow]no variant passed its gates: nothing registered[/] ({escape(why_nothing_passed(summary))})", soft_wrap=True)
+
+
+def why_nothing_passed(summary: dict) -> str:
+    """Why each variant of a summary failed: validation, the quality gate, or no ``ok`` benchmark
+    (a benchmark that fell back names the provider that was not bound)."""
+    reasons: dict[str, list[str]] = {}
+    for v in summary["variants"]:
+        ev = v.get("evaluation")
+        if v.get("not_registered"):
+            why = v["not_registered"]
+        elif not (v.get("validation") or {}).get("passed"):
+            why = "failed validation"
+        elif ev and not ev.get("passed"):
+            why = "failed the quality gate"
+        else:
+            bad = [b for b in v["benchmarks"] if b.get("status") != "ok"]
+            why = (
+                "; ".join(dict.fromkeys(f"target {b['target']}: {b['status']} ({b.get('error') or 'no error recorded'})" for b in bad))
+                if bad else "no ok benchmark on the first target at the primary batch size"
+            )
+        reasons.setdefault(why, []).append(v["name"])
+    return "; ".join(f"{', '.join(names)}: {why}" for why, names in reasons.items())
 
 
 @app.command()
@@ -131,13 +154,15 @@ def run(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Run the pipeline flow for SPEC and write summary.json."""
-    configure_runtime_env()
+    from edgeport.checks import check_inputs
     from edgeport.spec import load_spec
 
-    try:
+    try:  # the spec, files and data, before Prefect or MLflow is touched
         parsed = load_spec(spec)
+        check_inputs(parsed, output_dir=output)
     except EdgeportError as exc:
         fail(exc, debug)
+    configure_runtime_env()
     out = (output or default_output_dir(parsed.name)).resolve()
     from flows.pipeline import pipeline
 
@@ -156,11 +181,13 @@ def run(
 
 @app.command("validate-spec")
 def validate_spec(spec: Annotated[Path, typer.Argument(help="Pipeline spec (YAML).")]) -> None:
-    """Validate SPEC and print it with defaults filled in."""
+    """Validate SPEC, its files and data (the checks `edgeport run` makes first), and print it with defaults filled in."""
+    from edgeport.checks import check_inputs
     from edgeport.spec import load_spec
 
     try:
         parsed = load_spec(spec)
+        check_inputs(parsed)
     except EdgeportError as exc:
         fail(exc, False)
     console.print_json(parsed.model_dump_json())

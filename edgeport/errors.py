@@ -11,6 +11,7 @@ working for callers that do not know edgeport.
     ├── CheckpointError (ValueError)       checkpoint missing, corrupt, unsafe, or not matching the factory
     ├── ModelFactoryError (ImportError)    ``model.factory`` cannot be imported or called
     ├── DataError (ValueError)             calibration / evaluation / sample data missing or of the wrong shape
+    ├── OptionError (ValueError)           a command-line option is unusable (``--output`` names a file)
     ├── ExportError                        torch -> ONNX export or ``onnx.checker`` failed
     ├── ValidationFailed                   ONNX Runtime disagrees with PyTorch beyond tolerance, or NaN/Inf
     ├── OptimizationError                  the transformer optimizer failed, or a required fusion did not apply
@@ -53,6 +54,11 @@ class ModelFactoryError(EdgeportError, ImportError):
 class DataError(EdgeportError, ValueError):
     """A data file (calibration, evaluation) is missing, empty, or has the wrong keys,
     dtypes or shapes for the spec's inputs."""
+
+
+class OptionError(EdgeportError, ValueError):
+    """A command-line option is unusable, e.g. ``--output`` names an existing file; the message
+    names the option and the value."""
 
 
 class ExportError(EdgeportError):

@@ -23,11 +23,12 @@ Example (``examples/digits/pipeline.yaml``)::
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -655,10 +656,19 @@ class TargetSpec(_Strict):
         stray = [p for p in self.provider_options if p not in self.providers]
         if stray:
             raise ValueError(f"target {self.name!r}: provider_options names {stray}, which are not in providers {self.providers}")
-        from edgeport.targets import CURRENT_ENV, ENVIRONMENTS
+        from edgeport.targets import CURRENT_ENV, ENVIRONMENTS, PROFILES
 
         if self.env != CURRENT_ENV and self.env not in ENVIRONMENTS:
             raise ValueError(f"target {self.name!r}: unknown env {self.env!r}; use {CURRENT_ENV!r} or one of {sorted(ENVIRONMENTS)}")
+        if self.profile is None and "providers" not in self.model_fields_set:
+            # A typo'd profile name (`tpu-v9`, `cpu-1`) would otherwise run on the default CPU EP, unnoticed.
+            near = difflib.get_close_matches(self.name, list(PROFILES), n=1, cutoff=0.4)
+            raise ValueError(
+                f"name {self.name!r} is no built-in profile ({', '.join(PROFILES)})"
+                + (f"; did you mean {near[0]!r}?" if near else "")
+                + " A custom target sets `providers` (and `profile` for the defaults), e.g. "
+                f"{{name: {self.name}, profile: cpu}} or {{name: {self.name}, providers: [CUDAExecutionProvider, CPUExecutionProvider]}}"
+            )
         return self
 
     @property
@@ -689,7 +699,7 @@ class BenchmarkSpec(_Strict):
     @model_validator(mode="after")
     def _primary_in_batch_sizes(self) -> BenchmarkSpec:
         if any(b <= 0 for b in self.batch_sizes):
-            raise ValueError(f"batch sizes must be positive, got {self.batch_sizes}")
+            raise ValueError(f"batch_sizes: must be positive, got {self.batch_sizes}")
         if self.primary_batch_size is not None and self.primary_batch_size not in self.batch_sizes:
             raise ValueError(f"primary_batch_size {self.primary_batch_size} is not in batch_sizes {self.batch_sizes}")
         return self
@@ -900,11 +910,11 @@ class PipelineSpec(_Strict):
     def _consistent(self) -> PipelineSpec:
         names = [i.name for i in self.inputs]
         if len(set(names)) != len(names):
-            raise ValueError(f"input names must be unique, got {names}")
+            raise ValueError(f"inputs: names must be unique, got {names}")
         reserved = ["fp32", "fp32-optimized"] if self.optimization is not None else ["fp32"]
         variants = [*reserved, *(v.name for v in self.quantization)]
         if len(set(variants)) != len(variants):
-            raise ValueError(f"variant names must be unique and not {' or '.join(map(repr, reserved))}, got {variants}")
+            raise ValueError(f"quantization: variant names must be unique and not {' or '.join(map(repr, reserved))}, got {variants}")
         orphans = [v.name for v in self.quantization if v.parent == "fp32-optimized" and self.optimization is None]
         if orphans:
             raise ValueError(f"quantization: variants {orphans} name parent fp32-optimized, but the spec has no `optimization` section")
@@ -916,7 +926,7 @@ class PipelineSpec(_Strict):
             raise ValueError(f"quantization: variants {controlled} set accuracy_control, which needs an `evaluation` section (the metric and the gate)")
         targets = [t.name for t in self.targets]
         if len(set(targets)) != len(targets):
-            raise ValueError(f"target names must be unique, got {targets}")
+            raise ValueError(f"targets: names must be unique, got {targets}")
         promotion = self.registry.promotion
         if promotion.target is not None and promotion.target not in targets:
             raise ValueError(f"registry.promotion.target {promotion.target!r} is not one of the targets {targets}")
@@ -952,16 +962,56 @@ class PipelineSpec(_Strict):
         return sorted({d for i in self.inputs for d in i.dynamic_dims})
 
 
+#: A model-level message that opens with a field name ("primary_batch_size 8 is not in ...",
+#: "inputs: names must be unique"): the field is appended to the error's location.
+_LEADING_FIELD = re.compile(r"^([A-Za-z_]\w*(?:\.\w+)*)(:\s*|\s)")
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class at ``loc`` (field names and list indices) under :class:`PipelineSpec`."""
+
+    def model_in(annotation: Any) -> type[BaseModel] | None:  # Model, Model | None, list[Model]
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return annotation
+        return next((m for a in get_args(annotation) if (m := model_in(a)) is not None), None)
+
+    model: type[BaseModel] | None = PipelineSpec
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if model is not None else None
+        model = model_in(field.annotation) if field is not None else None
+        if model is None:
+            return None
+    return model
+
+
+def _field_of(loc: tuple[Any, ...], msg: str) -> tuple[str, str]:
+    """(dotted location, message) with a model-level error moved onto the field its message names."""
+    model = _model_at(loc)
+    found = _LEADING_FIELD.match(msg)
+    if model is not None and found and found.group(1).split(".")[0] in model.model_fields:
+        path = found.group(1)
+        rest = msg[found.end():] if found.group(2).startswith(":") else msg
+        prefix = ".".join(str(p) for p in loc)
+        # a message naming the full dotted path from the root ("registry.promotion.target ...") is kept as is
+        return (f"{prefix}.{path}" if prefix else path), rest
+    return ".".join(str(p) for p in loc) or "<root>", msg
+
+
 def _format_errors(path: Path, err: ValidationError) -> str:
     lines = [f"{path}: invalid pipeline spec ({err.error_count()} error(s))"]
     for e in err.errors():
-        parts = [str(p) for p in e["loc"]]
         field = (e.get("ctx") or {}).get("field")  # a setting a model validator refused (e.g. smooth_quant_alpha)
         if field:
-            parts.append(str(field))
-        loc = ".".join(parts) or "<root>"
-        msg = e["msg"].removeprefix(f"{field}: ") if field else e["msg"]
+            loc = ".".join([*(str(p) for p in e["loc"]), str(field)])
+            msg = e["msg"].removeprefix(f"{field}: ")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            loc, msg = _field_of(tuple(e["loc"]), msg)
         value = e.get("input")
+        for part in loc.split(".")[len(e["loc"]):]:  # a model-level error moved onto a field: show that field's value
+            value = value.get(part, value) if isinstance(value, dict) else value
         shown = json.dumps(value, default=str) if not isinstance(value, dict) else "{...}"
         if len(shown) > 80:
             shown = shown[:77] + "..."
@@ -979,16 +1029,20 @@ def load_spec(path: str | Path) -> PipelineSpec:
         The validated, frozen :class:`PipelineSpec` with absolute paths.
 
     Raises:
-        SpecError: the file is missing, is not YAML, or a field is invalid. The message
+        SpecError: the file is missing, a folder, unreadable, not YAML, or a field is invalid. The message
             names the file, the field (dotted path, e.g. ``quantization.0.format``) and the value.
     """
     path = Path(path).expanduser().resolve()
+    if path.is_dir():
+        raise SpecError(f"{path}: is a folder, not a spec file (give the YAML file, e.g. {path / 'pipeline.yaml'})")
     if not path.is_file():
         raise SpecError(f"{path}: spec file not found")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: cannot be read as a text file ({type(exc).__name__}: {exc})") from None
     if not isinstance(data, dict):
         raise SpecError(f"{path}: a spec must be a YAML mapping, got {type(data).__name__}")
     try:

@@ -20,12 +20,11 @@ import onnx
 
 import edgeport
 from edgeport.checkpoint import load_model
+from edgeport.checks import EXAMPLE_BATCH, check_forward, check_opset_supported
 from edgeport.data import batch_arrays, benchmark_samples_path, reference_samples
 from edgeport.errors import (
     CheckpointError,
     ExportError,
-    RuntimeLoadError,
-    SpecError,
     ValidationFailed,
 )
 from edgeport.files import file_sha256
@@ -35,11 +34,6 @@ from edgeport.spec import PipelineSpec, spec_digest
 logger = logging.getLogger("edgeport.export")
 
 __all__ = ["EXAMPLE_BATCH", "ExportResult", "check_forward", "check_opset_supported", "export_cache_key", "export_model"]
-
-#: Samples in the example batch traced by the exporter: 2, because torch.export
-#: specialises a dynamic dim whose example size is 0 or 1.
-EXAMPLE_BATCH = 2
-
 
 @dataclass(frozen=True)
 class ExportResult:
@@ -66,43 +60,6 @@ class ExportResult:
     cache_key: str
     cached: bool
     export_s: float
-
-
-def check_opset_supported(opset: int) -> None:
-    """Refuse an opset that the installed onnx or ONNX Runtime cannot handle, before exporting.
-
-    Raises:
-        RuntimeLoadError: names the opset, the field and the installed versions.
-    """
-    import onnxruntime as ort
-
-    onnx_max = onnx.defs.onnx_opset_version()
-    if opset > onnx_max:
-        raise RuntimeLoadError(f"export.opset {opset}: the installed onnx {onnx.__version__} knows opsets up to {onnx_max}")
-    probe = onnx.helper.make_model(
-        onnx.helper.make_graph(
-            [onnx.helper.make_node("Identity", ["x"], ["y"])],
-            "opset_probe",
-            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
-        ),
-        opset_imports=[onnx.helper.make_opsetid("", opset)],
-        ir_version=min(onnx.IR_VERSION, 10),
-    )
-    try:
-        ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise RuntimeLoadError(
-            f"export.opset {opset}: the installed onnxruntime {ort.__version__} cannot load this opset "
-            f"({_opset_reason(str(exc))})"
-        ) from None
-
-
-def _opset_reason(message: str) -> str:
-    """The informative tail of ORT's opset error (it opens with a long C++ signature)."""
-    text = " ".join(message.split())
-    marker = text.find("Current official support")
-    return text[marker:][:300] if marker >= 0 else text[-300:]
 
 
 def export_cache_key(spec: PipelineSpec, checkpoint_sha256: str) -> str:
@@ -133,34 +90,10 @@ def _checkpoint_sha256(spec: PipelineSpec) -> str:
     return file_sha256(path)
 
 
-def check_forward(spec: PipelineSpec, model, example: dict) -> tuple:
-    """Run the torch model once on ``example`` (``{input name: ndarray (batch, *dims)}``).
-
-    Returns:
-        The positional torch tensors, in the spec's input order.
-
-    Raises:
-        SpecError: the forward pass fails: the declared input shapes/dtypes do not fit the model.
-    """
-    import torch
-
-    args = tuple(torch.from_numpy(example[i.name]) for i in spec.inputs)
-    try:
-        with torch.no_grad():
-            model(*args)
-    except Exception as exc:
-        shapes = {i.name: i.shape for i in spec.inputs}
-        raise SpecError(
-            f"inputs: the declared shapes {shapes} do not fit the model: a forward pass on a batch of that "
-            f"shape failed with {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-        ) from None
-    return args
-
-
 def _torch_export(spec: PipelineSpec, model, example: dict, out: Path) -> None:
     import torch
 
-    args = check_forward(spec, model, example)
+    args, _ = check_forward(spec, model, example)
     dynamic = set(spec.dynamic_dims)
     input_names = [i.name for i in spec.inputs]
     try:
@@ -216,6 +149,10 @@ def _finalize(path: Path, spec: PipelineSpec, checkpoint_sha256: str) -> int:
     if outputs != list(spec.outputs):
         raise ExportError(f"exported model has outputs {outputs}, the spec declares {list(spec.outputs)}")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), -1)
+    if opset != spec.export.opset:  # the dynamo exporter falls back to its own opset with only a logged warning
+        raise ExportError(
+            f"export.opset {spec.export.opset}: the {spec.export.exporter} exporter wrote opset {opset} instead"
+        )
     import torch
 
     onnx.helper.set_model_props(
@@ -257,7 +194,8 @@ def export_model(spec: PipelineSpec, cache_dir: str | Path | None = None) -> Exp
         RuntimeLoadError: ``export.opset`` is beyond the installed onnx / ONNX Runtime.
         SpecError: the declared input shapes do not fit the model.
         DataError: the sample data does not fit the declared inputs.
-        ExportError: the exporter or ``onnx.checker`` failed, or inputs/outputs differ from the spec.
+        ExportError: the exporter or ``onnx.checker`` failed, inputs/outputs differ from the spec, or
+            the model's opset is not ``export.opset``.
     """
     cache_root = Path(cache_dir) if cache_dir is not None else export_cache_dir()
     ckpt_sha = _checkpoint_sha256(spec)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DIGITS, write_spec
+from conftest import DIGITS, digits_spec_dict, write_spec
 from typer.testing import CliRunner
 
 from edgeport.cli import app
@@ -208,13 +208,15 @@ def test_cli_schema_outputs_json_schema() -> None:
     assert schema == PipelineSpec.model_json_schema()
 
 
-def test_cli_validate_spec_on_the_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_validate_spec_on_the_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, digits_artifacts) -> None:
+    """The example repointed at trained artifacts: validate-spec also checks the files and data (issue 14)."""
+    path = write_spec(tmp_path / "spec", digits_spec_dict(digits_artifacts))
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["validate-spec", str(EXAMPLE)])
+    result = CliRunner().invoke(app, ["validate-spec", str(path)])
     assert result.exit_code == 0, result.output
     shown = json.loads(result.stdout)
     assert shown["name"] == "digits-cnn"
-    assert Path(shown["model"]["checkpoint"]) == (DIGITS / "artifacts" / "digits_cnn.pt").resolve()
+    assert Path(shown["model"]["checkpoint"]) == digits_artifacts["checkpoint"].resolve()
     assert shown["validation"]["rtol"] == 1e-3  # defaults are filled in
     assert "valid" in result.stderr
 

@@ -1,0 +1,392 @@
+"""Checks before anything starts: the spec, its files and its data, in about a second.
+
+:func:`check_inputs` is what ``edgeport run`` and ``edgeport validate-spec`` call before Prefect
+or MLflow is touched, and what the pipeline's preflight step (:mod:`tasks.preflight`) calls
+inside the flow. Every failure raises an :mod:`edgeport.errors` subclass whose message names
+the field, the file and the value:
+
+==============================  ===================================================  ====================
+what                            check                                                error
+==============================  ===================================================  ====================
+``export.opset``                within the chosen exporter's range (torch 2.x:       SpecError
+                                dynamo >= 18, legacy 7-20) and loadable by the
+                                installed onnx / ONNX Runtime                        RuntimeLoadError
+``targets``                     local targets resolve (EPs, managed environment)     TargetError
+``model``                       checkpoint readable with ``weights_only=True``,      CheckpointError,
+                                factory imports, one forward pass fits ``inputs``    ModelFactoryError,
+                                                                                     SpecError
+``calibration.dataset``,        readable ``.npz``, arrays per input, shapes,         DataError
+``evaluation.dataset``          dtypes, finite values, labels (top1) or reference
+                                embeddings (cosine) per sample
+``evaluation.dataset`` labels   within the class count of the model's first output   DataError
+``evaluation.max_drop``         resolvable with the evaluation set's sample count    DataError
+``--output``                    a folder, or creatable as one                        OptionError
+==============================  ===================================================  ====================
+
+Nothing here imports Prefect, MLflow, tasks or flows; torch is imported only to load the
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeport.checkpoint import load_model
+from edgeport.data import (
+    batch_arrays,
+    load_input_arrays,
+    load_labels,
+    load_reference_embeddings,
+    num_samples_of,
+    reference_samples,
+)
+from edgeport.errors import DataError, OptionError, RuntimeLoadError, SpecError
+from edgeport.spec import PipelineSpec
+from edgeport.targets import resolve_target
+
+__all__ = [
+    "EXAMPLE_BATCH",
+    "InputReport",
+    "check_evaluation_size",
+    "check_export_opset",
+    "check_finite",
+    "check_forward",
+    "check_inputs",
+    "check_label_range",
+    "check_opset_supported",
+    "check_output_dir",
+    "exporter_opset_range",
+    "min_evaluation_samples",
+]
+
+#: Samples in the example batch traced by the exporter: 2, because torch.export
+#: specialises a dynamic dim whose example size is 0 or 1.
+EXAMPLE_BATCH = 2
+
+
+@dataclass(frozen=True)
+class InputReport:
+    """What :func:`check_inputs` found.
+
+    Attributes:
+        calibration_samples: samples used from ``calibration.dataset`` (None without calibration).
+        evaluation_samples: samples used from ``evaluation.dataset`` (None without evaluation).
+        num_classes: class count of the model's first output (top1 evaluation only, else None).
+    """
+
+    calibration_samples: int | None = None
+    evaluation_samples: int | None = None
+    num_classes: int | None = None
+
+
+# ------------------------------------------------------------------------------ export
+
+
+def exporter_opset_range(exporter: str) -> tuple[int, int | None]:
+    """Opsets ``torch.onnx.export`` writes as asked with ``exporter`` (``dynamo`` or ``legacy``).
+
+    The dynamo exporter builds from torchlib's opset (18 in torch 2.5-2.13,
+    ``torch.onnx._internal.exporter._constants.TORCHLIB_OPSET``): below it, torch only *tries* a
+    version conversion and otherwise keeps opset 18 with a logged warning, so lower opsets are
+    refused here. The legacy (TorchScript) exporter has symbolic functions for opsets
+    ``ONNX_MIN_OPSET``..``ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET`` of ``torch.onnx._constants``
+    (7-20 in torch 2.13). Values are read from the installed torch when it has them.
+
+    Returns:
+        ``(lowest, highest)``; highest None = bounded by the installed onnx / ONNX Runtime only.
+    """
+    if exporter == "dynamo":
+        try:
+            from torch.onnx._internal.exporter import _constants as dynamo_constants
+
+            return int(dynamo_constants.TORCHLIB_OPSET), None
+        except (ImportError, AttributeError):  # another torch layout: the documented value
+            return 18, None
+    try:
+        from torch.onnx import _constants as legacy_constants
+
+        return int(legacy_constants.ONNX_MIN_OPSET), int(legacy_constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
+    except (ImportError, AttributeError):
+        return 7, 20
+
+
+def _range_text(low: int, high: int | None) -> str:
+    return f"{low}-{high}" if high is not None else f">= {low}"
+
+
+def check_export_opset(spec: PipelineSpec) -> None:
+    """Refuse an ``export.opset`` the chosen exporter would not honour (see :func:`exporter_opset_range`).
+
+    ``exporter: auto`` needs one of the two exporters to support it (the other is skipped).
+
+    Raises:
+        SpecError: names ``export.opset``, the exporter and the opsets each exporter supports.
+    """
+    import torch
+
+    opset, exporter = spec.export.opset, spec.export.exporter
+    ranges = {name: exporter_opset_range(name) for name in ("dynamo", "legacy")}
+    fits = {name: low <= opset and (high is None or opset <= high) for name, (low, high) in ranges.items()}
+    if (exporter == "auto" and any(fits.values())) or fits.get(exporter, False):
+        return
+    supported = ", ".join(f"{name} {_range_text(*r)}" for name, r in ranges.items())
+    hint = next((f"; use export.exporter: {name}" for name, ok in fits.items() if ok), "")
+    raise SpecError(
+        f"export.opset {opset}: the {exporter} exporter of the installed torch {torch.__version__} cannot write "
+        f"opset {opset} (opsets it supports: {supported}){hint}"
+    )
+
+
+def check_opset_supported(opset: int) -> None:
+    """Refuse an opset that the installed onnx or ONNX Runtime cannot handle, before exporting.
+
+    Raises:
+        RuntimeLoadError: names the opset, the field and the installed versions.
+    """
+    import onnx  # lazy: onnx and onnxruntime are needed only by this check here
+    import onnxruntime as ort
+
+    onnx_max = onnx.defs.onnx_opset_version()
+    if opset > onnx_max:
+        raise RuntimeLoadError(f"export.opset {opset}: the installed onnx {onnx.__version__} knows opsets up to {onnx_max}")
+    probe = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Identity", ["x"], ["y"])],
+            "opset_probe",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+        ),
+        opset_imports=[onnx.helper.make_opsetid("", opset)],
+        ir_version=min(onnx.IR_VERSION, 10),
+    )
+    try:
+        ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise RuntimeLoadError(
+            f"export.opset {opset}: the installed onnxruntime {ort.__version__} cannot load this opset "
+            f"({_opset_reason(str(exc))})"
+        ) from None
+
+
+def _opset_reason(message: str) -> str:
+    """The informative tail of ORT's opset error (it opens with a long C++ signature)."""
+    text = " ".join(message.split())
+    marker = text.find("Current official support")
+    return text[marker:][:300] if marker >= 0 else text[-300:]
+
+
+# ------------------------------------------------------------------------------ model
+
+
+def check_forward(spec: PipelineSpec, model: Any, example: dict[str, np.ndarray]) -> tuple:
+    """Run the torch model once on ``example`` (``{input name: ndarray (batch, *dims)}``).
+
+    Returns:
+        ``(args, outputs)``: the positional torch tensors in the spec's input order, and what the
+        model returned.
+
+    Raises:
+        SpecError: the forward pass fails: the declared input shapes/dtypes do not fit the model.
+    """
+    import torch
+
+    args = tuple(torch.from_numpy(example[i.name]) for i in spec.inputs)
+    try:
+        with torch.no_grad():
+            outputs = model(*args)
+    except Exception as exc:
+        shapes = {i.name: i.shape for i in spec.inputs}
+        raise SpecError(
+            f"inputs: the declared shapes {shapes} do not fit the model: a forward pass on a batch of that "
+            f"shape failed with {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        ) from None
+    return args, outputs
+
+
+def _first_output(outputs: Any) -> Any:
+    """The first output of a forward pass: a tensor, or the first of a tuple/list/dict of them."""
+    if isinstance(outputs, dict):
+        return next(iter(outputs.values()), None)
+    if isinstance(outputs, (tuple, list)):
+        return outputs[0] if outputs else None
+    return outputs
+
+
+# ------------------------------------------------------------------------------ data
+
+
+def check_finite(arrays: dict[str, np.ndarray], path: str | Path, field: str) -> None:
+    """Refuse NaN or +-inf in floating-point input arrays.
+
+    Args:
+        arrays: ``{input name: ndarray of shape (n_samples, *dims)}``.
+        path: the file they come from (named in the error).
+        field: the spec field of the file (e.g. ``calibration.dataset``).
+
+    Raises:
+        DataError: names the field, file, array and how many values are NaN / infinite.
+    """
+    for name, arr in arrays.items():
+        if not np.issubdtype(arr.dtype, np.floating):
+            continue
+        nan = int(np.isnan(arr).sum())
+        inf = int(np.isinf(arr).sum())
+        if nan or inf:
+            bad_samples = int((~np.isfinite(arr.reshape(arr.shape[0], -1))).any(axis=1).sum())
+            raise DataError(
+                f"{field}: {path}[{name!r}] holds non-finite values: {nan} NaN and {inf} infinite of {arr.size} "
+                f"(in {bad_samples} of {arr.shape[0]} samples); replace or drop those samples"
+            )
+
+
+def check_label_range(labels: np.ndarray, num_classes: int, path: str | Path, key: str) -> None:
+    """Refuse top-1 labels outside ``[0, num_classes)``.
+
+    Args:
+        labels: int64 ndarray of shape (n_samples,).
+        num_classes: size of the last axis of the model's first output.
+
+    Raises:
+        DataError: names ``evaluation.dataset``, the file, the key, how many labels are out of
+            range, their range and the class count.
+    """
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        raise DataError(
+            f"evaluation.dataset: {path}[{key!r}] has {int(bad.sum())} of {labels.shape[0]} labels outside the "
+            f"model's {num_classes} classes [0, {num_classes - 1}] (labels range {int(labels.min())}..{int(labels.max())}; "
+            "the class count is the last axis of the model's first output)"
+        )
+
+
+def min_evaluation_samples(max_drop: float) -> int:
+    """The smallest evaluation set whose top-1 can resolve a drop of ``max_drop``.
+
+    On n samples top-1 moves in steps of 1/n (one sample more or less misclassified), so a
+    gate on a drop of ``max_drop`` is resolvable only when ``1/n <= max_drop``:
+    ``n >= ceil(1 / max_drop)`` (0.005 -> 200 samples, 0.01 -> 100). ``max_drop = 0`` (no
+    extra misclassification at all) is resolvable on any set.
+    """
+    if max_drop <= 0:
+        return 1
+    return math.ceil(1.0 / max_drop - 1e-9)  # 1e-9: 1/0.01 is 100.00000000000001 in binary floating point
+
+
+def check_evaluation_size(n: int, max_drop: float, path: str | Path) -> None:
+    """Refuse a top-1 evaluation set too small to resolve ``evaluation.max_drop`` (:func:`min_evaluation_samples`).
+
+    Raises:
+        DataError: names ``evaluation.max_drop``, the set size and the smallest set that resolves it.
+    """
+    need = min_evaluation_samples(max_drop)
+    if n < need:
+        raise DataError(
+            f"evaluation.max_drop {max_drop:g}: evaluation.dataset {path} has {n} sample(s), so top-1 moves in steps "
+            f"of 1/{n} = {1 / n:.4g} and cannot resolve a drop of {max_drop:g}; use at least {need} samples "
+            f"(ceil(1 / max_drop)) or a max_drop >= {1 / n:.4g}"
+        )
+
+
+# ------------------------------------------------------------------------------ output
+
+
+def check_output_dir(path: str | Path | None, option: str = "--output") -> None:
+    """Refuse an output folder that cannot be one: an existing file, a path under a file, or
+    a folder (or nearest existing parent) that is not writable. None = the default folder.
+
+    Raises:
+        OptionError: names ``option`` and the path.
+    """
+    if path is None:
+        return
+    path = Path(path).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise OptionError(f"{option} {path}: is an existing file, not a folder; give a folder (created if missing)")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OptionError(f"{option} {path}: {parent} is a file, so the folder cannot be created")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OptionError(f"{option} {path}: {parent} is not writable")
+
+
+# ------------------------------------------------------------------------------ everything
+
+
+def check_inputs(spec: PipelineSpec, *, output_dir: str | Path | None = None, output_option: str = "--output") -> InputReport:
+    """Check the spec's exporter settings, targets, checkpoint, model and data files, and the output folder.
+
+    Runs in about a second on small models (one checkpoint load, one forward pass on 2 samples,
+    the data files read once); touches neither Prefect nor MLflow and writes nothing.
+
+    Args:
+        spec: the validated spec (:func:`edgeport.spec.load_spec`).
+        output_dir: the output folder the run will write to (None: not checked).
+        output_option: how the caller names ``output_dir`` in errors.
+
+    Returns:
+        An :class:`InputReport`.
+
+    Raises:
+        SpecError: ``export.opset`` the exporter cannot write; declared inputs that do not fit the model.
+        RuntimeLoadError: ``export.opset`` beyond the installed onnx / ONNX Runtime.
+        TargetError: a local target's EP or managed environment is not available (targets with a
+            ``work_pool`` are checked on their device).
+        CheckpointError, ModelFactoryError: the model cannot be built from the checkpoint.
+        DataError: a data file is missing, unreadable, of the wrong shape or dtype, holds NaN/inf,
+            has labels outside the model's classes or too few samples for ``evaluation.max_drop``.
+        OptionError: ``output_dir`` cannot be a folder.
+    """
+    check_output_dir(output_dir, output_option)
+    calibration_samples = evaluation_samples = num_classes = None
+    if spec.calibration is not None:
+        cal = spec.calibration
+        arrays = load_input_arrays(cal.dataset, spec.inputs, "calibration.dataset", cal.num_samples)
+        check_finite(arrays, cal.dataset, "calibration.dataset")
+        calibration_samples = num_samples_of(arrays)
+    labels = None
+    if spec.evaluation is not None:
+        ev = spec.evaluation
+        arrays = load_input_arrays(ev.dataset, spec.inputs, "evaluation.dataset", ev.max_samples)
+        check_finite(arrays, ev.dataset, "evaluation.dataset")
+        n = evaluation_samples = num_samples_of(arrays)
+        if ev.metric == "cosine":
+            if ev.reference_key is not None:
+                ref = load_reference_embeddings(ev.dataset, ev.reference_key, "evaluation.dataset", ev.max_samples)
+                if ref.shape[0] != n:
+                    raise DataError(
+                        f"evaluation.dataset: {ev.dataset}[{ev.reference_key!r}] has {ref.shape[0]} reference embeddings for {n} samples"
+                    )
+                check_finite({ev.reference_key: ref}, ev.dataset, "evaluation.dataset")
+        else:
+            labels = load_labels(ev.dataset, ev.labels_key, "evaluation.dataset", ev.max_samples)
+            if labels.shape[0] != n:
+                raise DataError(f"evaluation.dataset: {ev.dataset} has {labels.shape[0]} labels for {n} samples")
+            check_evaluation_size(n, ev.max_drop, ev.dataset)
+
+    # torch, onnx and ONNX Runtime are imported from here on: the data checks above fail faster
+    check_export_opset(spec)
+    check_opset_supported(spec.export.opset)
+    for target in spec.targets:
+        if target.work_pool is None:  # a remote target's EPs and environment are the device's, checked there
+            resolve_target(target)
+    model = load_model(spec.model)
+    _, outputs = check_forward(spec, model, batch_arrays(reference_samples(spec, EXAMPLE_BATCH), EXAMPLE_BATCH))
+    if labels is not None:
+        first = _first_output(outputs)
+        shape = tuple(getattr(first, "shape", ()))
+        if len(shape) < 2:
+            raise DataError(
+                f"evaluation.metric top1: the model's first output {spec.outputs[0]!r} has shape {shape}, not "
+                "(batch, num_classes); top-1 needs class scores"
+            )
+        num_classes = int(shape[-1])
+        check_label_range(labels, num_classes, spec.evaluation.dataset, spec.evaluation.labels_key)
+    return InputReport(calibration_samples, evaluation_samples, num_classes)
