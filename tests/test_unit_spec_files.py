@@ -50,7 +50,7 @@ def test_the_base_spec_is_valid(tmp_path: Path):
         (lambda d: d["inputs"][0].update(dtype="float99"), 'inputs.0.dtype: Input should be '),
         (lambda d: d.update(targets=[{"name": "cpu", "intra_op_num_threads": -1}]), "targets.0.intra_op_num_threads"),
         (lambda d: d["search"].update(space={"calibration_methods": ["MinMax", "Bogus"]}), "search.space.calibration_methods.1"),
-        (lambda d: d.update(benchmark={"batch_sizes": [1, 0]}), "batch sizes must be positive, got [1, 0]"),
+        (lambda d: d.update(benchmark={"batch_sizes": [1, 0]}), "benchmark.batch_sizes: must be positive, got [1, 0]"),
     ],
     ids=["dtype", "threads", "search-method", "batch-size"],
 )
