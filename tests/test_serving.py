@@ -86,7 +86,9 @@ def test_champion_served_by_mlflow_matches_onnx_runtime(prefect_harness, digits_
 
     port = _free_port()
     log = tmp_path / "serve.log"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    # mlflow starts `uvicorn` from PATH: the venv's bin first, as an activated venv has it.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": path}
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL}@champion",
            "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
     with open(log, "w") as out:
