@@ -376,7 +376,7 @@ def check_inputs(spec: PipelineSpec, *, output_dir: str | Path | None = None, ou
     check_opset_supported(spec.export.opset)
     for target in spec.targets:
         if target.work_pool is None:  # a remote target's EPs and environment are the device's, checked there
-            resolve_target(target)
+            resolve_target(target, check_env=False)  # a missing managed env is created on demand (prepare_targets)
     model = load_model(spec.model)
     _, outputs = check_forward(spec, model, batch_arrays(reference_samples(spec, EXAMPLE_BATCH), EXAMPLE_BATCH))
     if labels is not None:

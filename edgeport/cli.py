@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -20,6 +21,7 @@ from rich.table import Table
 from edgeport.cli_common import console, err_console, fail
 from edgeport.errors import EdgeportError
 from edgeport.home import configure_runtime_env, default_output_dir, edgeport_home
+from edgeport.targets import ENV_SETUP_VAR
 
 app = typer.Typer(
     name="edgeport",
@@ -152,8 +154,20 @@ def run(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (default $EDGEPORT_HOME/outputs/<name>).")] = None,
     tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI (overrides the spec).")] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    no_env_setup: Annotated[
+        bool,
+        typer.Option(
+            "--no-env-setup",
+            help="Do not create missing managed environments (the OpenVINO EP's): record their targets as "
+            "`unavailable`, with the command that sets them up, and run the others.",
+        ),
+    ] = False,
 ) -> None:
-    """Run the pipeline flow for SPEC and write summary.json."""
+    """Run the pipeline flow for SPEC and write summary.json.
+
+    A target whose managed environment is missing gets it created first (pinned, with a
+    progress display), unless --no-env-setup; a failed setup makes that target
+    `unavailable`, never a failed run."""
     from edgeport.checks import check_inputs
     from edgeport.spec import load_spec
 
@@ -168,12 +182,21 @@ def run(
 
     if not debug:
         _quiet_tracebacks()
+    previous = os.environ.get(ENV_SETUP_VAR)
+    if no_env_setup:  # read by the flow's preflight (edgeport.targets.env_setup_enabled)
+        os.environ[ENV_SETUP_VAR] = "never"
     try:
         summary = pipeline(str(spec.resolve()), output_dir=str(out), tracking_uri=tracking_uri)
     except EdgeportError as exc:
         fail(exc, debug)
     except Exception as exc:  # an unexpected failure: still a message, not a traceback
         fail(exc, debug)
+    finally:
+        if no_env_setup:  # an in-process caller (tests) keeps its own setting
+            if previous is None:
+                os.environ.pop(ENV_SETUP_VAR, None)
+            else:
+                os.environ[ENV_SETUP_VAR] = previous
     print_summary(summary)
     console.print(f"summary: {out / 'summary.json'}")
     raise typer.Exit(EXIT_OK if summary["challenger"] else EXIT_NO_CHALLENGER)

@@ -3,7 +3,8 @@
 Mounted by the main CLI as ``app.add_typer(targets_app, name="targets")``; also runs
 alone as ``python -m edgeport.cli_targets``.
 
-    edgeport targets list              profiles, providers, env, available here (and why not)
+    edgeport targets list              profiles, providers, env, available here (and why not);
+                                       managed environments: exist?, folder, versions or problem
     edgeport targets setup openvino    create (or reuse) $EDGEPORT_HOME/envs/openvino
 
 Exit codes: 0 success; 1 an error (the message names the environment).
@@ -22,8 +23,12 @@ from edgeport.targets import (
     ENVIRONMENTS,
     PROFILES,
     environment_dir,
+    environment_status,
+    last_setup_error,
     runtime_info,
+    setup_command,
     setup_environment,
+    setup_progress,
     target_availability,
 )
 
@@ -53,7 +58,8 @@ def _threads_text(settings: dict) -> str:
 
 @targets_app.command("list")
 def list_targets() -> None:
-    """Show the built-in profiles and whether each can run here (the reason when not)."""
+    """Show the built-in profiles and whether each can run here (the reason when not), then the
+    managed environments: whether each exists, where, and its versions or what is wrong."""
     table = Table(title="edgeport target profiles", show_lines=True)
     for col in ("profile", "providers", "threads (intra/inter)", "env", "available", "reason"):
         table.add_column(col, overflow="fold")
@@ -69,6 +75,18 @@ def list_targets() -> None:
             reason,
         )
     console.print(table)
+    envs = Table(title="managed environments (created on demand by `edgeport run`)", show_lines=True)
+    for col in ("env", "exists", "folder", "status"):
+        envs.add_column(col, overflow="fold")
+    for name in ENVIRONMENTS:
+        folder = environment_dir(name)
+        ok, reason = environment_status(name)
+        failed = last_setup_error(name)
+        if not ok and failed:
+            reason += f"; last setup failed at {failed.get('time')}"
+        exists = "[green]yes[/]" if ok else ("[yellow]broken[/]" if folder.is_dir() else f"[red]no[/] ({setup_command(name)})")
+        envs.add_row(name, exists, str(folder), reason)
+    console.print(envs)
 
 
 @targets_app.command("setup")
@@ -80,7 +98,10 @@ def setup(
     try:
         folder = environment_dir(name)  # TargetError for an unknown name
         console.print(f"setting up {name!r} in {folder} (pins: {', '.join(ENVIRONMENTS[name]['packages'])})")
-        python = setup_environment(name, force=force, log=lambda line: console.print(line, markup=False, highlight=False))
+        lines: list[str] = []
+        with setup_progress(name, console) as show:
+            python = setup_environment(name, force=force, log=lambda line: (lines.append(line), show(line)))
+        console.print(lines[-1] if lines else f"{name}: ready", markup=False, highlight=False)  # reused / created in N s
         info = runtime_info(name)
     except EdgeportError as exc:
         err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", soft_wrap=True)

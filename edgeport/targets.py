@@ -24,41 +24,70 @@ with the ``onnxruntime`` wheel edgeport itself uses. :func:`setup_environment`
 the Python ``major.minor`` match, and rebuilds it otherwise. The runner is
 self-contained (stdlib, numpy, onnxruntime), so it runs there unchanged.
 
+On demand: :func:`ensure_environment` (called by the pipeline's preflight for every
+local target in a managed environment) creates a missing environment with a rich
+progress display and logs the time it took, unless ``EDGEPORT_ENV_SETUP=never``
+(``edgeport run --no-env-setup``). A missing environment, or a setup that failed,
+makes the target *unavailable*: its benchmark entries get ``status: unavailable`` with
+the command that sets it up, and the other targets run. The last failed setup is kept
+in ``envs/.<name>.setup-error.json`` (removed by a successful one) so that the
+benchmark and ``edgeport targets list`` can say why.
+
 Errors are :class:`~edgeport.errors.TargetError` naming the target or environment.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import dataclasses
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
 from edgeport.errors import TargetError
 from edgeport.home import managed_envs_dir
+from edgeport.processes import signal_group
 
 __all__ = [
     "CURRENT_ENV",
     "ENVIRONMENTS",
+    "ENV_SETUP_VAR",
     "PROFILES",
+    "EnvironmentReadiness",
     "Profile",
     "ResolvedTarget",
+    "env_setup_enabled",
+    "ensure_environment",
     "environment_dir",
+    "environment_fingerprint",
     "environment_python",
+    "environment_readiness",
     "environment_status",
+    "last_setup_error",
     "resolve_target",
     "runtime_info",
+    "setup_command",
     "setup_environment",
+    "setup_progress",
     "target_availability",
 ]
+
+logger = logging.getLogger("edgeport.targets")
 
 #: ``TargetSpec.env`` value meaning "the interpreter running edgeport" (``sys.executable``).
 CURRENT_ENV = "current"
@@ -72,6 +101,11 @@ PIP_TIMEOUT_S = 1800.0
 
 #: Seconds allowed for importing onnxruntime in a managed environment (:func:`runtime_info`).
 PROBE_TIMEOUT_S = 120.0
+
+#: Environment variable: what the pipeline's preflight does with a missing managed
+#: environment: ``auto`` (default: create it) or ``never`` (the target is recorded
+#: ``unavailable``). ``edgeport run --no-env-setup`` sets ``never``.
+ENV_SETUP_VAR = "EDGEPORT_ENV_SETUP"
 
 
 @dataclass(frozen=True)
@@ -462,16 +496,41 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _run(cmd: list[str], what: str, name: str, timeout: float, log: Any) -> None:
+    """Run ``cmd``, passing each line of its output (stdout and stderr) to ``log`` as it comes;
+    kill its process group after ``timeout`` seconds."""
     log(f"$ {' '.join(cmd)}")
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise TargetError(f"environment {name!r}: {what} did not finish within {timeout:g} s") from None
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
     except OSError as exc:
         raise TargetError(f"environment {name!r}: {what} could not start: {exc}") from exc
+    expired = threading.Event()
+
+    def kill() -> None:
+        expired.set()
+        signal_group(proc.pid)
+
+    timer = threading.Timer(timeout, kill)
+    timer.start()
+    tail: collections.deque[str] = collections.deque(maxlen=60)
+    try:
+        for line in proc.stdout or ():  # stdout=PIPE: always a stream
+            line = line.rstrip()
+            if line:
+                tail.append(line)
+                log(line)
+        proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            signal_group(proc.pid)
+            proc.wait()
+    if expired.is_set():
+        raise TargetError(f"environment {name!r}: {what} did not finish within {timeout:g} s")
     if proc.returncode != 0:
-        tail = ((proc.stdout or "") + (proc.stderr or "")).strip()[-2000:]
-        raise TargetError(f"environment {name!r}: {what} failed (exit {proc.returncode}):\n{tail}")
+        text = "\n".join(tail)[-2000:]
+        raise TargetError(f"environment {name!r}: {what} failed (exit {proc.returncode}):\n{text}")
 
 
 def setup_environment(
@@ -541,5 +600,180 @@ def setup_environment(
             "freeze": freeze,
         }
         (folder / MARKER_NAME).write_text(json.dumps(marker, indent=2))
+        _setup_error_path(name, home).unlink(missing_ok=True)
         log(f"created {folder} in {marker['setup_s']:g} s: {_versions_text(info)}")
         return python
+
+
+# --------------------------------------------------------------------------- on demand
+
+
+def setup_command(name: str) -> str:
+    """The command that creates the managed environment ``name`` (``edgeport targets setup <name>``)."""
+    return f"edgeport targets setup {name}"
+
+
+def env_setup_enabled() -> bool:
+    """Whether missing managed environments are created on demand: :data:`ENV_SETUP_VAR`
+    (``EDGEPORT_ENV_SETUP``) is ``auto`` (the default when unset) or ``never``.
+
+    Raises:
+        TargetError: any other value (the message names the variable and the value).
+    """
+    value = os.environ.get(ENV_SETUP_VAR, "auto").strip().lower() or "auto"
+    if value not in ("auto", "never"):
+        raise TargetError(f"{ENV_SETUP_VAR}={value!r}: use 'auto' (create missing environments) or 'never'")
+    return value == "auto"
+
+
+def _setup_error_path(name: str, home: Path | None) -> Path:
+    folder = environment_dir(name, home)
+    return folder.parent / f".{name}.setup-error.json"
+
+
+def last_setup_error(name: str, home: Path | None = None) -> dict[str, Any] | None:
+    """The last failed on-demand setup of ``name`` (``{"time", "setup_s", "error"}``), or None
+    (none recorded, or a setup succeeded since)."""
+    try:
+        data = json.loads(_setup_error_path(name, home).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+@dataclass(frozen=True)
+class EnvironmentReadiness:
+    """Whether a managed environment can run benchmarks now, and why not.
+
+    Attributes:
+        name: the managed environment (``openvino``).
+        available: True when its marker records the current pins (and, from
+            :func:`ensure_environment`, its onnxruntime imports with the expected providers).
+        reason: the runtime's versions when available; otherwise what is wrong, ending
+            with the command that fixes it.
+        setup_command: ``edgeport targets setup <name>``.
+        created: :func:`ensure_environment` built it in this call.
+        setup_s: seconds the setup took (wall clock), or None when none was attempted.
+    """
+
+    name: str
+    available: bool
+    reason: str
+    setup_command: str
+    created: bool = False
+    setup_s: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+
+def environment_readiness(name: str, home: Path | None = None) -> EnvironmentReadiness:
+    """Cheap readiness check (no subprocess): the marker's pins and the interpreter's presence.
+
+    An environment that is not ready names the problem, the last failed setup (if any,
+    :func:`last_setup_error`) and the command that sets it up.
+
+    Raises:
+        TargetError: ``name`` is not a managed environment.
+    """
+    command = setup_command(name)
+    problem = _marker_problem(name, home)
+    if problem is None:
+        return EnvironmentReadiness(name, True, f"managed environment {name!r} at {environment_dir(name, home)}", command)
+    reason = f"managed environment {name!r} is not set up ({problem})"
+    failed = last_setup_error(name, home)
+    if failed:
+        reason += f"; the setup at {failed.get('time')} failed: {str(failed.get('error'))[-600:]}"
+    return EnvironmentReadiness(name, False, f"{reason}; set it up with `{command}`", command)
+
+
+def environment_fingerprint(name: str, home: Path | None = None) -> str | None:
+    """What identifies a built environment (its marker's pins and creation time), for cache
+    keys; None when it is not ready."""
+    if _marker_problem(name, home) is not None:
+        return None
+    marker = _read_marker(name, home) or {}
+    return json.dumps({k: marker.get(k) for k in ("packages", "constraints", "python", "created")}, sort_keys=True)
+
+
+@contextlib.contextmanager
+def setup_progress(name: str, console: Console) -> Iterator[Callable[[str], None]]:
+    """A rich progress line (spinner, elapsed time, the setup's latest output line) while a
+    managed environment is built; yields the ``log`` callable for :func:`setup_environment`."""
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn(f"[bold]setting up managed environment {escape(name)!s}[/]"),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+        transient=True,
+    )
+    with progress:
+        task_id = progress.add_task("", total=None)
+        yield lambda line: progress.update(task_id, description=escape(line.strip()[-100:]))
+
+
+def ensure_environment(
+    name: str, *, setup: bool | None = None, home: Path | None = None, console: Any = None
+) -> EnvironmentReadiness:
+    """Make sure the managed environment ``name`` exists, creating it when missing.
+
+    An environment whose marker records the current pins is probed (its onnxruntime must
+    import and offer the providers it ``expects``). One that is missing, stale or broken
+    is built by :func:`setup_environment` (pinned packages; a rich progress display on
+    stderr; the time it took is logged and returned) when ``setup`` allows it. A failed
+    setup is not raised: it is returned as not available (and recorded for
+    :func:`environment_readiness`), so the caller can mark the target ``unavailable``
+    and carry on.
+
+    Args:
+        name: a key of :data:`ENVIRONMENTS`.
+        setup: create a missing environment; default :func:`env_setup_enabled`
+            (``EDGEPORT_ENV_SETUP``, ``auto`` unless ``never``).
+        home: the state folder; default :func:`~edgeport.home.edgeport_home`.
+        console: rich Console for the progress display (default: a new one on stderr).
+
+    Returns:
+        The :class:`EnvironmentReadiness` (``setup_s`` set when a setup was attempted).
+
+    Raises:
+        TargetError: ``name`` is not a managed environment, or ``EDGEPORT_ENV_SETUP`` has
+            an invalid value.
+    """
+    _environment(name)
+    command = setup_command(name)
+    if setup is None:
+        setup = env_setup_enabled()
+    ready = environment_readiness(name, home)
+    if ready.available:
+        ok, reason = environment_status(name, home)
+        if ok:
+            return EnvironmentReadiness(name, True, reason, command)
+        ready = EnvironmentReadiness(name, False, reason, command)
+    if not setup:
+        return EnvironmentReadiness(
+            name, False, f"{ready.reason} (not created here: {ENV_SETUP_VAR}=never / --no-env-setup)", command
+        )
+    logger.info("managed environment %r is not ready: creating it in %s", name, environment_dir(name, home))
+    if console is None:
+        console = Console(stderr=True)
+    t0 = time.perf_counter()
+    try:
+        with setup_progress(name, console) as log:
+            setup_environment(name, home=home, log=log)
+    except TargetError as exc:
+        elapsed = round(time.perf_counter() - t0, 1)
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "setup_s": elapsed, "error": str(exc)}
+        path = _setup_error_path(name, home)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=2))
+        logger.warning("managed environment %r: setup failed after %.1f s: %s", name, elapsed, exc)
+        console.print(f"[red]managed environment {name!r}: setup failed after {elapsed:g} s[/] (details in the summary)", highlight=False)
+        reason = f"managed environment {name!r}: setup failed after {elapsed:g} s: {str(exc)[-600:]}; retry with `{command}`"
+        return EnvironmentReadiness(name, False, reason, command, setup_s=elapsed)
+    elapsed = round(time.perf_counter() - t0, 1)
+    ok, reason = environment_status(name, home)
+    logger.info("managed environment %r created in %.1f s: %s", name, elapsed, reason)
+    console.print(f"[green]managed environment {name!r} created in {elapsed:g} s[/]: {escape(reason)}", highlight=False)
+    return EnvironmentReadiness(name, ok, reason, command, created=True, setup_s=elapsed)

@@ -12,6 +12,11 @@ Files written to ``output_dir``:
   an object of the same shape with the salvaged/failed entries and ``runner_error``);
 - ``benchmark-<target>.stderr.log``: the runner's stderr.
 
+A target whose managed environment is not ready (missing, or its setup failed: see
+:func:`edgeport.targets.ensure_environment`) is *unavailable*: :func:`benchmark_target`
+returns ``status="unavailable"`` entries naming the reason and the ``setup_command``,
+and launches nothing.
+
 Give each variant its own ``output_dir``: the names depend on the target only.
 """
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import signal
 import socket
 import subprocess
@@ -35,7 +41,16 @@ from edgeport.errors import DataError, TargetError
 from edgeport.prefect_context import in_prefect_run
 from edgeport.processes import signal_group
 from edgeport.spec import PipelineSpec, TargetSpec
-from edgeport.targets import CURRENT_ENV, ResolvedTarget, resolve_target, runtime_info
+from edgeport.targets import (
+    CURRENT_ENV,
+    ENVIRONMENTS,
+    ResolvedTarget,
+    environment_fingerprint,
+    environment_readiness,
+    resolve_target,
+    runtime_info,
+    setup_command,
+)
 
 __all__ = [
     "RUNNER_PATH",
@@ -47,7 +62,11 @@ __all__ = [
     "combine_rounds",
     "host_concurrency_limit",
     "load_latencies",
+    "target_unavailable",
+    "unavailable_entry",
 ]
+
+logger = logging.getLogger("edgeport.benchmark")
 
 #: The runner script launched in the child process (copy it to run elsewhere).
 RUNNER_PATH = Path(_runner.__file__).resolve()
@@ -206,7 +225,63 @@ def benchmark_variant(
 
 
 #: Severity of a status when rounds disagree: the worst one wins.
-_STATUS_RANK = {"ok": 0, "fallback": 1, "unsupported": 2, "failed": 3}
+_STATUS_RANK = {"ok": 0, "fallback": 1, "unsupported": 2, "unavailable": 3, "failed": 4}
+
+
+def target_unavailable(target: TargetSpec) -> str | None:
+    """Why ``target`` cannot be benchmarked here, or None when it can.
+
+    A target in ``env: current`` is always available. A managed environment is
+    unavailable when it is not set up (its marker is missing or records other pins;
+    the last failed setup is named) or its python cannot import onnxruntime.
+
+    Returns:
+        None, or the reason, ending with the command that sets the environment up.
+
+    Raises:
+        TargetError: unknown profile or env (bad input, not unavailability).
+    """
+    resolved = resolve_target(target, check_env=False)
+    if resolved.env == CURRENT_ENV:
+        return None
+    ready = environment_readiness(resolved.env)
+    if not ready.available:
+        return f"target {target.name!r}: {ready.reason}"
+    try:
+        runtime_info(resolved.env)
+    except TargetError as exc:
+        return f"target {target.name!r}: {exc}; rebuild it with `{setup_command(resolved.env)} --force`"
+    return None
+
+
+def unavailable_entry(
+    target: TargetSpec, model_path: str | Path, batch_size: int, reason: str, samples_path: str | Path | None = None
+) -> dict[str, Any]:
+    """The benchmark entry of a variant on a target that could not run: the keys of
+    :func:`benchmark_variant`'s entries (measurements None) plus those of
+    :func:`combine_rounds`, ``status="unavailable"``, ``error`` = ``reason`` and
+    ``setup_command`` (``edgeport targets setup <env>``, None for ``env: current``)."""
+    resolved = resolve_target(target, check_env=False)
+    entry: dict[str, Any] = dict.fromkeys(_runner.RESULT_KEYS)
+    entry.update(
+        batch_size=batch_size,
+        status="unavailable",
+        error=reason,
+        providers_requested=list(resolved.providers),
+        providers_bound=[],
+        stable=False,
+        model_size_bytes=_runner.model_size_bytes(str(model_path)),
+        allow_spinning=False,
+        data="random" if samples_path is None else "samples",
+        target=target.name,
+        provider=None,
+        latencies_path=None,
+        setup_command=setup_command(resolved.env) if resolved.env in ENVIRONMENTS else None,
+        rounds=0,
+        round_p50_ms=[],
+        drift_pct=None,
+    )
+    return entry
 
 
 def load_latencies(entry: dict[str, Any]) -> np.ndarray | None:
@@ -308,11 +383,22 @@ def benchmark_target(
         on_progress: optional callable(fraction_done: float) for progress reporting.
 
     Returns:
-        variant name -> one pooled entry per batch size (see :func:`benchmark_variant`).
+        variant name -> one pooled entry per batch size (see :func:`benchmark_variant`);
+        every entry is ``status="unavailable"`` (:func:`unavailable_entry`) when the
+        target's managed environment is not ready (:func:`target_unavailable`).
 
     Raises:
         TargetError, DataError: see :func:`benchmark_variant` (before anything runs).
     """
+    reason = target_unavailable(target)
+    if reason is not None:
+        logger.warning("%s: recorded as unavailable", reason)
+        if on_progress is not None:
+            on_progress(1.0)
+        return {
+            name: [unavailable_entry(target, path, bs, reason, samples_path) for bs in spec.benchmark.batch_sizes]
+            for name, path in models.items()
+        }
     b = spec.benchmark
     rounds = b.rounds
     per_round = spec.model_copy(
@@ -428,6 +514,10 @@ def _benchmark_target_cache_key(context: object, parameters: dict) -> str | None
 
     spec: PipelineSpec = parameters["spec"]
     target: TargetSpec = parameters["target"]
+    env = resolve_target(target, check_env=False).env
+    env_built = environment_fingerprint(env) if env in ENVIRONMENTS else CURRENT_ENV
+    if env_built is None:  # unavailable now: never cache that, the environment may be set up before the re-run
+        return None
     models = {name: _cache.file_digest(path) for name, path in parameters["models"].items()}
     if any(sha is None for sha in models.values()):
         return None
@@ -437,6 +527,7 @@ def _benchmark_target_cache_key(context: object, parameters: dict) -> str | None
         samples_sha256=_cache.file_digest(parameters.get("samples_path")),
         benchmark=_cache.sections(spec, "benchmark"),
         target=target.model_dump(mode="json"),
+        env=env_built,  # a rebuilt managed environment measures again
         output_dir=str(Path(parameters["output_dir"]).resolve()),
         host=socket.gethostname(),
         versions=_cache.library_versions(),

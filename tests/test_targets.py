@@ -340,3 +340,54 @@ def test_openvino_rejects_conv_integer_as_unsupported(tmp_path: Path, openvino_h
         assert entry["providers_bound"] == [] and entry["provider"] is None
     # the same model runs on this environment's CPU EP: the rejection is the OpenVINO EP's
     assert [e["status"] for e in benchmark_variant(model, spec, TargetSpec(), None, tmp_path / "cpu")] == ["ok", "ok"]
+
+
+# --------------------------------------------------------------------------- on demand
+
+
+def test_env_setup_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(targets.ENV_SETUP_VAR, raising=False)
+    assert targets.env_setup_enabled() is True
+    monkeypatch.setenv(targets.ENV_SETUP_VAR, "never")
+    assert targets.env_setup_enabled() is False
+    monkeypatch.setenv(targets.ENV_SETUP_VAR, "sometimes")
+    with pytest.raises(TargetError, match="EDGEPORT_ENV_SETUP='sometimes'"):
+        targets.env_setup_enabled()
+
+
+def test_missing_environment_without_setup_is_unavailable_and_names_the_fix(tmp_path: Path) -> None:
+    from tasks.benchmark import benchmark_target
+
+    ready = targets.ensure_environment("openvino", setup=False)
+    assert not ready.available and ready.setup_s is None and not ready.created
+    assert ready.setup_command == "edgeport targets setup openvino" and "`edgeport targets setup openvino`" in ready.reason
+    assert not targets.environment_dir("openvino").exists()
+    model = make_matmul(tmp_path / "tiny.onnx")
+    spec = make_spec(tmp_path, MATMUL_INPUTS, batch_sizes=[1, 4])
+    results = benchmark_target(spec, TargetSpec(name="openvino-cpu"), {"tiny": str(model)}, None, tmp_path / "out")
+    assert [(e["batch_size"], e["status"], e["setup_command"]) for e in results["tiny"]] == [
+        (1, "unavailable", "edgeport targets setup openvino"),
+        (4, "unavailable", "edgeport targets setup openvino"),
+    ]
+    assert results["tiny"][0]["providers_requested"] == [OV, CPU] and results["tiny"][0]["p50_ms"] is None
+    assert not (tmp_path / "out").exists()  # no runner launched
+
+
+def test_last_failed_setup_is_named_until_a_setup_succeeds(tmp_path: Path) -> None:
+    envs = tmp_path / "edgeport-home" / "envs"
+    envs.mkdir(parents=True)
+    (envs / ".openvino.setup-error.json").write_text(json.dumps({"time": "T0", "setup_s": 3.0, "error": "pip install failed: no index"}))
+    ready = targets.environment_readiness("openvino")
+    assert not ready.available and "the setup at T0 failed: pip install failed: no index" in ready.reason
+    assert targets.last_setup_error("openvino")["setup_s"] == 3.0
+    assert targets.environment_fingerprint("openvino") is None
+
+
+def test_cli_targets_list_shows_the_managed_environments(cli: tuple[CliRunner, typer.Typer]) -> None:
+    runner, app = cli
+    result = runner.invoke(app, ["targets", "list"])
+    assert result.exit_code == 0, result.output
+    assert "managed environments" in result.output
+    row = next(line for line in result.output.splitlines() if line.strip("│ ").startswith("openvino "))
+    cells = [c.strip() for c in row.strip().strip("│").split("│")]
+    assert cells[0] == "openvino" and cells[1].startswith("no") and "edgeport targets setup openvino" in cells[1]
