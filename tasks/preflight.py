@@ -27,7 +27,12 @@ from edgeport.checks import check_inputs
 from edgeport.errors import CheckpointError
 from edgeport.files import file_sha256
 from edgeport.spec import PipelineSpec
-from edgeport.targets import CURRENT_ENV, EnvironmentReadiness, ensure_environment, resolve_target
+from edgeport.targets import (
+    CURRENT_ENV,
+    EnvironmentReadiness,
+    ensure_environment,
+    resolve_target,
+)
 
 __all__ = ["preflight", "prepare_targets", "preflight_task"]
 
