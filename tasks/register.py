@@ -12,10 +12,9 @@ Registration is all-or-nothing: if anything fails, the model versions created by
 the call are deleted again (best effort) and :class:`~edgeport.errors.RegistryError`
 is raised; :class:`~edgeport.errors.RegistryUnavailable` when the store did not answer.
 
-Talking to MLflow (URIs, errors, retries, the pending file, the ONNX signature) lives in
-:mod:`edgeport.registry`; this module is the register step and its undo. The plain function
-takes an explicit tracking URI; the Prefect task :func:`register_task` at the bottom adds
-retries of transient errors (:func:`edgeport.registry.with_retry_window`).
+Talking to MLflow (URIs, errors, retries, pending file, ONNX signature) lives in :mod:`edgeport.registry`;
+this module is the register step and its undo. The plain function takes an explicit tracking URI;
+:func:`register_task` at the bottom adds retries of transient errors (``with_retry_window``).
 """
 
 from __future__ import annotations
@@ -54,6 +53,7 @@ from edgeport.registry import (
     redact_uri,
     registered_model_exists,
     run_url,
+    set_alias,
     using_store,
     version_exists,
     with_retry_window,
@@ -224,7 +224,7 @@ def _register(
                     alias_before = alias_version(client, model_name, spec.registry.alias)
                     if alias_before is not None:  # lets a later attempt restore it after an outage
                         mlflow.set_tag("edgeport.alias_before", alias_before)
-                    client.set_registered_model_alias(model_name, spec.registry.alias, challenger["version"])
+                    set_alias(client, model_name, spec.registry.alias, challenger["version"])
                     alias_set = True
                     mlflow.set_tags({
                         "edgeport.challenger.variant": challenger["variant"],

@@ -24,6 +24,7 @@ from edgeport.registry.client import (
     mlflow_http_settings,
     registered_model_exists,
     registry_client,
+    set_alias,
     version_exists,
 )
 from edgeport.registry.errors import (
@@ -112,6 +113,7 @@ __all__ = [
     "retry_transient_within",
     "run_url",
     "safe_name",
+    "set_alias",
     "sqlite_db_path",
     "using_store",
     "version_exists",

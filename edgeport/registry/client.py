@@ -26,6 +26,7 @@ __all__ = [
     "mlflow_http_settings",
     "registered_model_exists",
     "registry_client",
+    "set_alias",
     "version_exists",
 ]
 
@@ -210,3 +211,22 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
         return str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException:
         return None
+
+
+def set_alias(client: MlflowClient, name: str, alias: str, version: str) -> None:
+    """Point ``alias`` of registered model ``name`` at ``version``, last writer wins.
+
+    MLflow's SQL store upserts an alias with select-then-insert (SQLAlchemy ``session.merge``), so
+    two registrations setting the same alias at the same moment can collide on its primary key
+    (PostgreSQL: ``UniqueViolation ... registered_model_alias_pk``); the second try then updates
+    the row the other one inserted.
+
+    Raises:
+        MlflowException: MLflow refused the alias (any other error, or the collision twice).
+    """
+    try:
+        client.set_registered_model_alias(name, alias, version)
+    except MlflowException as exc:
+        if "unique" not in str(exc).lower():
+            raise
+        client.set_registered_model_alias(name, alias, version)
