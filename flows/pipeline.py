@@ -28,6 +28,12 @@ from prefect.runtime import flow_run
 from edgeport.data import benchmark_samples_path
 from edgeport.errors import RegistryError, RegistryUnavailable
 from edgeport.home import default_output_dir
+from edgeport.registry import (
+    clear_pending_registration,
+    resolve_tracking_uri,
+    with_retry_window,
+    write_pending_registration,
+)
 from edgeport.spec import PipelineSpec, load_spec
 from flows.remote_benchmark import remote_benchmark_task
 from tasks.benchmark import benchmark_target_task
@@ -37,14 +43,7 @@ from tasks.export import export_task, select_export_task, with_exporter
 from tasks.optimize import optimize_task
 from tasks.preflight import preflight_task
 from tasks.quantize import quantize_task
-from tasks.register import (
-    check_tracking_uri_task,
-    clear_pending_registration,
-    register_task,
-    resolve_tracking_uri,
-    with_retry_window,
-    write_pending_registration,
-)
+from tasks.register import check_tracking_uri_task, register_task
 from tasks.report import report_task
 from tasks.validate import validate_task
 

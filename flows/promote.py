@@ -18,9 +18,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from edgeport.registry import resolve_tracking_uri
 from edgeport.spec import PromotionSpec, load_spec
 from tasks.promote import promote_task, rollback_task
-from tasks.register import resolve_tracking_uri
 
 __all__ = ["promote_flow", "promotion_limit_name", "promotion_lock", "rollback_flow"]
 

@@ -4,21 +4,16 @@ The gate compares a *candidate* (an explicit version, or the version behind an a
 ``challenger`` by default) with the current ``champion`` of the same registered model, on
 ONE target and batch size, from what :mod:`tasks.register` recorded for each version:
 
-* the version's tags (``variant``, ``p50_ms.<target>.b<batch>``) and its run (``run_id``):
+* the version's tags (``variant``; ``edgeport.ranked_target`` / ``edgeport.ranked_batch_size``,
+  or on older versions ``p50_ms.<target>.b<batch>``) and its run (``run_id``):
   metrics ``p50_ms.<target>.b<batch>``, ``ci_halfwidth_pct.<target>.b<batch>`` (95% CI of the
   median, in % of p50), ``accuracy`` (the evaluation metric's value, top-1 or cosine); tags
   ``edgeport.validation.passed``, ``edgeport.evaluation.passed`` (the gates' verdicts at
   registration; older runs without them fall back to ``edgeport.passed``).
 
-Checks, all required (:class:`~edgeport.spec.PromotionSpec` holds the settings):
-
-1. ``validation``: ONNX Runtime vs PyTorch parity passed at registration;
-2. ``quality``: the evaluation gate (``max_drop`` / ``min_value`` / ``min_cosine``) passed at
-   registration; with ``max_quality_drop_vs_champion`` also the drop vs the champion's metric;
-3. ``latency`` (only when there is a champion): see :class:`~edgeport.spec.PromotionSpec` for
-   the rule on the 95% confidence intervals of the two medians.
-
-No champion yet: the candidate becomes champion when checks 1-2 pass.
+The checks and their arithmetic are pure and live in :mod:`edgeport.promotion`
+(:func:`~edgeport.promotion.decide`); this module reads the registry, applies the decision and
+publishes it. :class:`~edgeport.spec.PromotionSpec` holds the settings.
 
 Accepted: ``previous-champion`` moves to the old champion, ``champion`` to the candidate, the
 decision and its numbers are written as ``edgeport.promotion.*`` tags and a description on
@@ -41,32 +36,41 @@ here take an explicit tracking URI; the Prefect tasks are at the bottom.
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
 import logging
-import re
 from typing import Any
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from prefect import task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+from prefect.runtime import flow_run
 
-from edgeport.errors import (
-    EdgeportError,
-    PromotionError,
-    PromotionRejected,
-    RegistryError,
-    RegistryUnavailable,
+from edgeport.errors import EdgeportError, PromotionError
+from edgeport.files import slug
+from edgeport.prefect_context import in_prefect_run
+from edgeport.promotion import (
+    CHAMPION,
+    PREVIOUS_CHAMPION,
+    PromotionDecision,
+    RollbackResult,
+    VersionRecord,
+    decide,
+    latency_check,
+    utc_now,
+)
+from edgeport.registry import (
+    INTERACTIVE_RETRY,
+    is_not_found,
+    map_mlflow_errors,
+    mlflow_error,
+    ranked_on,
+    redact_uri,
+    registry_client,
+    with_retry_window,
 )
 from edgeport.spec import PromotionSpec
-from tasks.register import (
-    check_tracking_uri,
-    first_line,
-    is_transient,
-    redact_uri,
-    retry_if_transient,
-)
 
 __all__ = [
     "CHAMPION",
@@ -82,193 +86,28 @@ __all__ = [
     "rollback_task",
 ]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("edgeport.promote")
 
-#: Alias of the version in production.
-CHAMPION = "champion"
-#: Alias kept on the champion a promotion replaced (the rollback target).
-PREVIOUS_CHAMPION = "previous-champion"
 #: Prefix of the model-version tags a decision writes.
 TAG_PREFIX = "edgeport.promotion."
 EVENT_PROMOTED = "edgeport.model.promoted"
 EVENT_REJECTED = "edgeport.model.promotion-rejected"
 EVENT_ROLLED_BACK = "edgeport.model.rolled-back"
 
-_RANKED_TAG = re.compile(r"^p50_ms\.(?P<target>.+)\.b(?P<batch>\d+)$")
-
-
-# --------------------------------------------------------------------------- records
-
-
-@dataclasses.dataclass(frozen=True)
-class VersionRecord:
-    """What registration recorded for one model version, on one target and batch size.
-
-    Attributes:
-        version: model version (str, MLflow's numbering).
-        run_id: the variant's nested MLflow run.
-        variant: variant name (``fp32``, ``int8-static``, ...).
-        p50_ms: median latency in ms (float).
-        ci_halfwidth_pct: 95% CI half-width of the median in % of p50; None when not recorded.
-        validation_passed / evaluation_passed: the gates' verdicts at registration
-            (evaluation_passed None: the pipeline had no evaluation).
-        metric / metric_value: evaluation metric name (``top1``, ``cosine``) and value.
-        aliases: aliases on the version when read.
-    """
-
-    version: str
-    run_id: str | None
-    variant: str | None
-    p50_ms: float
-    ci_halfwidth_pct: float | None
-    validation_passed: bool
-    evaluation_passed: bool | None
-    metric: str | None
-    metric_value: float | None
-    aliases: tuple[str, ...] = ()
-
-    @property
-    def ci_ms(self) -> float:
-        """CI half-width in ms (0 when not recorded)."""
-        return self.p50_ms * (self.ci_halfwidth_pct or 0.0) / 100.0
-
-
-@dataclasses.dataclass
-class PromotionDecision:
-    """The outcome of :func:`promote`.
-
-    Attributes:
-        registered_model, candidate_version, champion_version (None: no champion before).
-        accepted: True when ``champion`` now points at the candidate.
-        reason: one line, with the numbers.
-        target, batch_size: where the latencies were compared.
-        checks: ``[{"name", "passed", "detail"}]`` for validation, quality(, quality_vs_champion), latency.
-        candidate, champion: :class:`VersionRecord` as dicts (champion None when there was none).
-        threshold_ms: the latency bound the candidate had to meet (None without champion).
-        change_pct: 100 x (candidate p50 - champion p50) / champion p50 (negative = faster).
-        previous_champion_version: the version now behind ``previous-champion`` (accepted only).
-        policy: the :class:`PromotionSpec` applied, as a dict.
-        decided_at: ISO 8601 UTC timestamp.
-    """
-
-    registered_model: str
-    candidate_version: str
-    champion_version: str | None
-    accepted: bool
-    reason: str
-    target: str
-    batch_size: int
-    checks: list[dict[str, Any]]
-    candidate: dict[str, Any]
-    champion: dict[str, Any] | None
-    threshold_ms: float | None
-    change_pct: float | None
-    previous_champion_version: str | None
-    policy: dict[str, Any]
-    decided_at: str
-    tracking_uri: str = ""
-    changed: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (the flow's return value and the event payload)."""
-        return dataclasses.asdict(self)
-
-    def raise_if_rejected(self) -> None:
-        """Raise :class:`~edgeport.errors.PromotionRejected` (with ``.decision``) unless accepted."""
-        if not self.accepted:
-            raise PromotionRejected(f"{self.registered_model} version {self.candidate_version} not promoted: {self.reason}", self.to_dict())
-
-    def markdown(self) -> str:
-        """The decision as markdown (the Prefect artifact)."""
-        verdict = "**promoted** to `champion`" if self.accepted else "**rejected** (no alias changed)"
-        lines = [
-            f"# Promotion of {self.registered_model} version {self.candidate_version}: {verdict}",
-            "",
-            self.reason,
-            "",
-            f"Compared on target `{self.target}`, batch size {self.batch_size}.",
-            "",
-            "| | version | variant | p50 ms | 95% CI ± % | validation | quality |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for role, rec in (("candidate", self.candidate), ("champion", self.champion)):
-            if rec is None:
-                lines.append(f"| {role} | - | - | - | - | - | - |")
-                continue
-            ci = "-" if rec["ci_halfwidth_pct"] is None else f"{rec['ci_halfwidth_pct']:.2f}"
-            quality = "-" if rec["metric_value"] is None else f"{rec['metric']} {rec['metric_value']:.4f}"
-            lines.append(
-                f"| {role} | {rec['version']} | {rec['variant']} | {rec['p50_ms']:.4f} | {ci} | "
-                f"{'passed' if rec['validation_passed'] else 'FAILED'} | {quality} |"
-            )
-        lines += ["", "| check | passed | detail |", "|---|---|---|"]
-        lines += [f"| {c['name']} | {'yes' if c['passed'] else 'NO'} | {c['detail']} |" for c in self.checks]
-        if self.accepted and self.previous_champion_version:
-            lines += ["", f"`{PREVIOUS_CHAMPION}` -> version {self.previous_champion_version}."]
-        return "\n".join(lines)
-
-
-@dataclasses.dataclass
-class RollbackResult:
-    """The outcome of :func:`rollback`: ``champion`` moved from ``from_version`` to ``to_version``;
-    ``previous-champion`` removed."""
-
-    registered_model: str
-    from_version: str | None
-    to_version: str
-    rolled_back_at: str
-    tracking_uri: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def markdown(self) -> str:
-        return (
-            f"# Rollback of {self.registered_model}\n\n`{CHAMPION}`: version {self.from_version} -> "
-            f"version {self.to_version}; `{PREVIOUS_CHAMPION}` removed ({self.rolled_back_at})."
-        )
-
 
 # --------------------------------------------------------------------------- reading the registry
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-
-
-def _client(tracking_uri: str) -> MlflowClient:
-    check_tracking_uri(tracking_uri, attempts=2, backoff_s=0.5)  # RegistryUnavailable within seconds
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
-
-def _not_found(exc: MlflowException) -> bool:
-    return exc.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(exc).lower()
-
-
-def _registry_call(what: str, tracking_uri: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)`` with MLflow errors turned into edgeport's."""
-    try:
-        return fn(*args, **kwargs)
-    except MlflowException as exc:
-        if is_transient(exc):
-            raise RegistryUnavailable(f"MLflow at {redact_uri(tracking_uri)} did not answer ({what}): {first_line(exc)}") from exc
-        raise RegistryError(f"MLflow at {redact_uri(tracking_uri)} refused {what}: {first_line(exc)}") from exc
-    except Exception as exc:
-        if is_transient(exc):
-            raise RegistryUnavailable(f"MLflow at {redact_uri(tracking_uri)} did not answer ({what}): {first_line(exc)}") from exc
-        raise
 
 
 def _require_model(client: MlflowClient, name: str, tracking_uri: str) -> Any:
     try:
         return client.get_registered_model(name)
     except MlflowException as exc:
-        if _not_found(exc):
+        if is_not_found(exc):
             raise PromotionError(f"registered model {name!r} not found at {redact_uri(tracking_uri)}") from exc
-        raise RegistryError(f"MLflow at {redact_uri(tracking_uri)}: cannot read registered model {name!r}: {first_line(exc)}") from exc
+        raise mlflow_error(exc, f"reading registered model {name!r}", tracking_uri, wrap_all=True) from exc
 
 
-def _alias_version(model: Any, alias: str) -> str | None:
+def _model_alias(model: Any, alias: str) -> str | None:
     """Version behind ``alias`` from a RegisteredModel's aliases (dict alias -> version), or None."""
     version = (getattr(model, "aliases", None) or {}).get(alias)
     return None if version is None else str(version)
@@ -283,23 +122,14 @@ def _candidate(client: MlflowClient, model: Any, version: str | None, alias: str
         try:
             return client.get_model_version(name, version)
         except MlflowException as exc:
-            if _not_found(exc):
+            if is_not_found(exc):
                 raise PromotionError(f"{name}: model version {version} not found") from exc
             raise
-    behind = _alias_version(model, alias)
+    behind = _model_alias(model, alias)
     if behind is None:
         known = ", ".join(f"{a} -> {v}" for a, v in sorted((model.aliases or {}).items())) or "none"
         raise PromotionError(f"{name}: no version has the alias {alias!r} (aliases: {known})")
     return client.get_model_version(name, behind)
-
-
-def _ranked_on(mv: Any) -> tuple[str, int] | None:
-    """(target, batch size) the pipeline ranked ``mv`` on, from its ``p50_ms.<target>.b<batch>`` tag."""
-    for key in mv.tags or {}:
-        match = _RANKED_TAG.match(key)
-        if match:
-            return match["target"], int(match["batch"])
-    return None
 
 
 def _bool_tag(value: str | None) -> bool | None:
@@ -316,12 +146,13 @@ def _record(client: MlflowClient, mv: Any, target: str, batch_size: int, trackin
     run_id = mv.run_id or (mv.tags or {}).get("edgeport.mlflow_run_id")
     if not run_id:
         raise PromotionError(f"{name} version {version}: no MLflow run linked (was it registered by edgeport?)")
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as exc:
-        if _not_found(exc):
-            raise PromotionError(f"{name} version {version}: its run {run_id} is gone from {redact_uri(tracking_uri)}") from exc
-        raise
+    with map_mlflow_errors(f"reading run {run_id}", tracking_uri):
+        try:
+            run = client.get_run(run_id)
+        except MlflowException as exc:
+            if is_not_found(exc):
+                raise PromotionError(f"{name} version {version}: its run {run_id} is gone from {redact_uri(tracking_uri)}") from exc
+            raise
     metrics, tags = run.data.metrics, run.data.tags
     suffix = f"{target}.b{batch_size}"
     p50 = metrics.get(f"p50_ms.{suffix}")
@@ -353,82 +184,7 @@ def _record(client: MlflowClient, mv: Any, target: str, batch_size: int, trackin
     )
 
 
-# --------------------------------------------------------------------------- the gate
-
-
-def latency_check(candidate: VersionRecord, champion: VersionRecord, policy: PromotionSpec) -> tuple[bool, float, str]:
-    """The latency rule of :class:`~edgeport.spec.PromotionSpec`.
-
-    With ``significance="ci95"`` each p50 carries its 95% CI half-width ``h`` (ms); with
-    ``"point"`` ``h = 0``. ``min_p50_improvement_pct = m > 0``: pass iff
-    ``cand.p50 + cand.h <= (champ.p50 - champ.h) * (1 - m/100)`` (significantly faster by m%);
-    else pass iff ``cand.p50 - cand.h <= (champ.p50 + champ.h) * (1 + r/100)`` with
-    ``r = max_p50_regression_pct`` (not significantly slower than allowed). Source of the
-    CI-overlap rule: Schenker & Gentleman, The American Statistician 55(3), 2001.
-
-    Returns:
-        (passed, threshold_ms, detail).
-    """
-    ci = policy.significance == "ci95"
-    c_h = candidate.ci_ms if ci else 0.0
-    m_h = champion.ci_ms if ci else 0.0
-    missing = [r.version for r in (candidate, champion) if ci and r.ci_halfwidth_pct is None]
-    note = f" (no CI recorded for version(s) {', '.join(missing)}: half-width 0)" if missing else ""
-    if policy.min_p50_improvement_pct > 0:
-        threshold = (champion.p50_ms - m_h) * (1 - policy.min_p50_improvement_pct / 100)
-        bound = candidate.p50_ms + c_h
-        passed = bound <= threshold
-        rule = (
-            f"candidate p50{' CI upper bound' if ci else ''} {bound:.4f} ms must be <= champion p50"
-            f"{' CI lower bound' if ci else ''} x (1 - {policy.min_p50_improvement_pct:g}%) = {threshold:.4f} ms"
-        )
-    else:
-        threshold = (champion.p50_ms + m_h) * (1 + policy.max_p50_regression_pct / 100)
-        bound = candidate.p50_ms - c_h
-        passed = bound <= threshold
-        rule = (
-            f"candidate p50{' CI lower bound' if ci else ''} {bound:.4f} ms must be <= champion p50"
-            f"{' CI upper bound' if ci else ''} x (1 + {policy.max_p50_regression_pct:g}%) = {threshold:.4f} ms"
-        )
-    return passed, threshold, rule + note
-
-
-def _fmt_p50(rec: VersionRecord) -> str:
-    ci = "" if rec.ci_halfwidth_pct is None else f" ±{rec.ci_halfwidth_pct:.1f}%"
-    return f"{rec.p50_ms:.4f} ms{ci}"
-
-
-def _quality_checks(candidate: VersionRecord, champion: VersionRecord | None, policy: PromotionSpec) -> list[dict[str, Any]]:
-    checks = [
-        {
-            "name": "validation",
-            "passed": candidate.validation_passed,
-            "detail": "ONNX Runtime vs PyTorch parity passed at registration"
-            if candidate.validation_passed
-            else "validation against PyTorch FAILED at registration",
-        }
-    ]
-    if candidate.evaluation_passed is None:
-        checks.append({"name": "quality", "passed": True, "detail": "no evaluation recorded (the spec has none)"})
-    else:
-        value = "" if candidate.metric_value is None else f" ({candidate.metric} {candidate.metric_value:.4f})"
-        checks.append({
-            "name": "quality",
-            "passed": candidate.evaluation_passed,
-            "detail": f"evaluation gate {'passed' if candidate.evaluation_passed else 'FAILED'} at registration{value}",
-        })
-    budget = policy.max_quality_drop_vs_champion
-    if budget is not None and champion is not None:
-        if candidate.metric_value is None or champion.metric_value is None:
-            checks.append({"name": "quality_vs_champion", "passed": False, "detail": "evaluation metric not recorded for both versions"})
-        else:
-            drop = champion.metric_value - candidate.metric_value
-            checks.append({
-                "name": "quality_vs_champion",
-                "passed": drop <= budget + 1e-12,
-                "detail": f"{candidate.metric} drop vs champion {drop:.4f} (budget {budget:g})",
-            })
-    return checks
+# --------------------------------------------------------------------------- promote and roll back
 
 
 def promote(
@@ -441,7 +197,8 @@ def promote(
     policy: PromotionSpec | None = None,
     emit_events: bool = True,
 ) -> PromotionDecision:
-    """Decide whether a candidate version replaces ``champion``, and apply the decision.
+    """Decide whether a candidate version replaces ``champion`` (:func:`edgeport.promotion.decide`),
+    and apply the decision.
 
     Args:
         registered_model: MLflow registered model name.
@@ -449,8 +206,8 @@ def promote(
         version: candidate model version; None = the version behind ``alias``.
         alias: alias naming the candidate when ``version`` is None (default ``challenger``).
         target, batch_size: where to compare p50s; default ``policy.target`` / ``policy.batch_size``,
-            else the target and batch size the candidate's pipeline ranked it on (its
-            ``p50_ms.<target>.b<batch>`` version tag).
+            else the target and batch size the candidate's pipeline ranked it on (its version
+            tags, :func:`edgeport.registry.ranked_on`).
         policy: the gate's settings; default :class:`PromotionSpec` ().
         emit_events: emit the Prefect events (``edgeport.model.promoted`` on acceptance,
             ``edgeport.model.promotion-rejected`` on rejection).
@@ -466,10 +223,11 @@ def promote(
         RegistryError: MLflow refused a write (aliases changed by this call are restored).
     """
     policy = policy or PromotionSpec()
-    client = _client(tracking_uri)
+    client = registry_client(tracking_uri)
     model = _require_model(client, registered_model, tracking_uri)
-    mv = _registry_call("reading the candidate", tracking_uri, _candidate, client, model, version, alias)
-    ranked = _ranked_on(mv)
+    with map_mlflow_errors("reading the candidate", tracking_uri):
+        mv = _candidate(client, model, version, alias)
+    ranked = ranked_on(mv.tags)
     target = target or policy.target or (ranked[0] if ranked else None)
     batch_size = batch_size or policy.batch_size or (ranked[1] if ranked else None)
     if target is None or batch_size is None:
@@ -477,69 +235,27 @@ def promote(
             f"{registered_model} version {mv.version}: no ranking target recorded; give the target and batch size (--target, --batch-size)"
         )
     cand = _record(client, mv, target, int(batch_size), tracking_uri)
-    champion_version = _alias_version(model, CHAMPION)
+    champion_version = _model_alias(model, CHAMPION)
     champ: VersionRecord | None = None
     if champion_version is not None and champion_version != cand.version:
-        champ_mv = _registry_call("reading the champion", tracking_uri, client.get_model_version, registered_model, champion_version)
+        with map_mlflow_errors("reading the champion", tracking_uri):
+            champ_mv = client.get_model_version(registered_model, champion_version)
         try:
             champ = _record(client, champ_mv, target, int(batch_size), tracking_uri)
         except PromotionError as exc:
             raise PromotionError(f"cannot compare with the champion: {exc}") from exc
 
-    checks = _quality_checks(cand, champ, policy)
-    threshold = change = None
-    if champion_version == cand.version:
-        checks.append({"name": "latency", "passed": False, "detail": f"version {cand.version} already is the champion"})
-    elif champ is not None:
-        passed, threshold, rule = latency_check(cand, champ, policy)
-        change = 100.0 * (cand.p50_ms - champ.p50_ms) / champ.p50_ms
-        checks.append({"name": "latency", "passed": passed, "detail": rule})
-    accepted = all(c["passed"] for c in checks)
-
-    where = f"on {target} at batch {batch_size}"
-    if champion_version == cand.version:
-        reason = f"version {cand.version} already is the champion: nothing changed"
-    elif champ is None:
-        reason = (
-            f"no champion yet: version {cand.version} ({cand.variant}, p50 {_fmt_p50(cand)} {where}) "
-            + ("passes its gates and becomes champion" if accepted else "fails its own gates")
-        )
-    else:
-        reason = (
-            f"candidate v{cand.version} ({cand.variant}) p50 {_fmt_p50(cand)} vs champion v{champ.version} "
-            f"({champ.variant}) {_fmt_p50(champ)} {where}: {change:+.1f}%"
-        )
-    failed = [c for c in checks if not c["passed"]]
-    if failed and champion_version != cand.version:
-        reason += "; rejected: " + "; ".join(f"{c['name']}: {c['detail']}" for c in failed)
-    elif accepted and champ is not None:
-        reason += "; accepted"
-
-    decision = PromotionDecision(
-        registered_model=registered_model,
-        candidate_version=cand.version,
-        champion_version=champion_version,
-        accepted=accepted,
-        reason=reason,
-        target=target,
-        batch_size=int(batch_size),
-        checks=checks,
-        candidate=dataclasses.asdict(cand),
-        champion=None if champ is None else dataclasses.asdict(champ),
-        threshold_ms=threshold,
-        change_pct=change,
-        previous_champion_version=champion_version if accepted else None,
-        policy=policy.model_dump(mode="json"),
-        decided_at=_now(),
-        tracking_uri=redact_uri(tracking_uri),
+    decision = decide(
+        registered_model, cand, champ, champion_version, target, int(batch_size), policy, tracking_uri=redact_uri(tracking_uri)
     )
-    if accepted:
+    already = champion_version == cand.version
+    if decision.accepted:
         _apply(client, decision, tracking_uri)
-    elif champion_version != cand.version:  # the champion's own tags keep its promotion record
+    elif not already:  # the champion's own tags keep its promotion record
         _write_decision_tags(client, decision, tracking_uri)
-    logger.info("promotion of %s: %s", registered_model, reason)
-    if emit_events and champion_version != cand.version:
-        _emit(EVENT_PROMOTED if accepted else EVENT_REJECTED, registered_model, decision.to_dict(), cand.version)
+    logger.info("promotion of %s: %s", registered_model, decision.reason)
+    if emit_events and not already:
+        _emit(EVENT_PROMOTED if decision.accepted else EVENT_REJECTED, registered_model, decision.to_dict(), cand.version)
     _publish(decision.markdown(), registered_model, f"Promotion decision for {registered_model}")
     return decision
 
@@ -565,8 +281,6 @@ def _decision_tags(decision: PromotionDecision) -> dict[str, str]:
         "margin_pct": num(decision.change_pct),
         "significance": decision.policy["significance"],
     }
-    from prefect.runtime import flow_run
-
     if flow_run.id:
         tags["flow_run_id"] = str(flow_run.id)
     return {TAG_PREFIX + k: v for k, v in tags.items()}
@@ -574,33 +288,35 @@ def _decision_tags(decision: PromotionDecision) -> dict[str, str]:
 
 def _write_decision_tags(client: MlflowClient, decision: PromotionDecision, tracking_uri: str) -> None:
     for key, value in _decision_tags(decision).items():
-        _registry_call(f"tag {key}", tracking_uri, client.set_model_version_tag, decision.registered_model, decision.candidate_version, key, value)
+        with map_mlflow_errors(f"tag {key}", tracking_uri):
+            client.set_model_version_tag(decision.registered_model, decision.candidate_version, key, value)
 
 
 def _apply(client: MlflowClient, decision: PromotionDecision, tracking_uri: str) -> None:
     """Move the aliases, then write tags and description; restore the aliases if a write fails."""
     name, cand, old = decision.registered_model, decision.candidate_version, decision.champion_version
-    model = _registry_call("reading aliases", tracking_uri, client.get_registered_model, name)
-    previous_before = _alias_version(model, PREVIOUS_CHAMPION)
-    if _alias_version(model, CHAMPION) != old:  # only when called without the flow's lock
-        raise PromotionError(f"{name}: champion changed while deciding (now {_alias_version(model, CHAMPION)}, was {old}); run again")
+    with map_mlflow_errors("reading aliases", tracking_uri):
+        model = client.get_registered_model(name)
+    previous_before = _model_alias(model, PREVIOUS_CHAMPION)
+    if _model_alias(model, CHAMPION) != old:  # only when called without the flow's lock
+        raise PromotionError(f"{name}: champion changed while deciding (now {_model_alias(model, CHAMPION)}, was {old}); run again")
     try:
         if old is not None:
-            _registry_call("setting previous-champion", tracking_uri, client.set_registered_model_alias, name, PREVIOUS_CHAMPION, old)
-        _registry_call("setting champion", tracking_uri, client.set_registered_model_alias, name, CHAMPION, cand)
+            with map_mlflow_errors("setting previous-champion", tracking_uri):
+                client.set_registered_model_alias(name, PREVIOUS_CHAMPION, old)
+        with map_mlflow_errors("setting champion", tracking_uri):
+            client.set_registered_model_alias(name, CHAMPION, cand)
         decision.changed = True
         _write_decision_tags(client, decision, tracking_uri)
-        if old is not None:
-            _registry_call(
-                "tagging the old champion", tracking_uri, client.set_model_version_tag, name, old, TAG_PREFIX + "superseded_by", cand
+        with map_mlflow_errors("updating the old champion and the description", tracking_uri):
+            if old is not None:
+                client.set_model_version_tag(name, old, TAG_PREFIX + "superseded_by", cand)
+            mv = client.get_model_version(name, cand)
+            note = (
+                f"Champion since {decision.decided_at} (edgeport promote): {decision.reason}. "
+                f"Compared on {decision.target}, batch {decision.batch_size}."
             )
-        mv = _registry_call("reading the candidate", tracking_uri, client.get_model_version, name, cand)
-        note = (
-            f"Champion since {decision.decided_at} (edgeport promote): {decision.reason}. "
-            f"Compared on {decision.target}, batch {decision.batch_size}."
-        )
-        description = f"{mv.description}\n\n{note}" if mv.description else note
-        _registry_call("updating the description", tracking_uri, client.update_model_version, name, cand, description=description)
+            client.update_model_version(name, cand, description=f"{mv.description}\n\n{note}" if mv.description else note)
     except EdgeportError:
         _restore(client, name, old, previous_before)
         decision.changed = False
@@ -630,26 +346,28 @@ def rollback(registered_model: str, tracking_uri: str, emit_events: bool = True)
         PromotionError: unknown model, or no ``previous-champion`` alias.
         RegistryUnavailable / RegistryError: MLflow did not answer / refused a write.
     """
-    client = _client(tracking_uri)
+    client = registry_client(tracking_uri)
     model = _require_model(client, registered_model, tracking_uri)
-    previous = _alias_version(model, PREVIOUS_CHAMPION)
-    current = _alias_version(model, CHAMPION)
+    previous = _model_alias(model, PREVIOUS_CHAMPION)
+    current = _model_alias(model, CHAMPION)
     if previous is None:
         raise PromotionError(
             f"{registered_model}: no {PREVIOUS_CHAMPION!r} alias, nothing to roll back to (champion: {current or 'none'})"
         )
-    result = RollbackResult(registered_model, current, previous, _now(), redact_uri(tracking_uri))
+    result = RollbackResult(registered_model, current, previous, utc_now(), redact_uri(tracking_uri))
+    tags = {"decision": "restored", "restored_at": result.rolled_back_at, "restored_from": current or "none"}
+    demoted = {"decision": "rolled-back", "rolled_back_at": result.rolled_back_at, "rolled_back_to": previous}
     try:
-        _registry_call("setting champion", tracking_uri, client.set_registered_model_alias, registered_model, CHAMPION, previous)
-        _registry_call("removing previous-champion", tracking_uri, client.delete_registered_model_alias, registered_model, PREVIOUS_CHAMPION)
-        tag = client.set_model_version_tag
-        _registry_call("tagging", tracking_uri, tag, registered_model, previous, TAG_PREFIX + "decision", "restored")
-        _registry_call("tagging", tracking_uri, tag, registered_model, previous, TAG_PREFIX + "restored_at", result.rolled_back_at)
-        _registry_call("tagging", tracking_uri, tag, registered_model, previous, TAG_PREFIX + "restored_from", current or "none")
-        if current is not None and current != previous:
-            _registry_call("tagging", tracking_uri, tag, registered_model, current, TAG_PREFIX + "decision", "rolled-back")
-            _registry_call("tagging", tracking_uri, tag, registered_model, current, TAG_PREFIX + "rolled_back_at", result.rolled_back_at)
-            _registry_call("tagging", tracking_uri, tag, registered_model, current, TAG_PREFIX + "rolled_back_to", previous)
+        with map_mlflow_errors("setting champion", tracking_uri):
+            client.set_registered_model_alias(registered_model, CHAMPION, previous)
+        with map_mlflow_errors("removing previous-champion", tracking_uri):
+            client.delete_registered_model_alias(registered_model, PREVIOUS_CHAMPION)
+        with map_mlflow_errors("tagging", tracking_uri):
+            for key, value in tags.items():
+                client.set_model_version_tag(registered_model, previous, TAG_PREFIX + key, value)
+            if current is not None and current != previous:
+                for key, value in demoted.items():
+                    client.set_model_version_tag(registered_model, current, TAG_PREFIX + key, value)
     except EdgeportError:
         _restore(client, registered_model, current, previous)
         raise
@@ -670,8 +388,6 @@ def model_resource(registered_model: str) -> dict[str, str]:
 
 def _emit(event: str, registered_model: str, payload: dict[str, Any], version: str) -> None:
     """Emit a Prefect event (best effort: a failure is logged, the registry change stands)."""
-    from prefect.events import emit_event
-
     try:
         emit_event(
             event=event,
@@ -688,20 +404,13 @@ def _emit(event: str, registered_model: str, payload: dict[str, Any], version: s
 
 def _publish(markdown: str, registered_model: str, description: str) -> None:
     """A Prefect markdown artifact, only inside a flow or task run."""
-    from prefect.artifacts import create_markdown_artifact
-    from prefect.context import FlowRunContext, TaskRunContext
-
-    if FlowRunContext.get() is None and TaskRunContext.get() is None:
+    if not in_prefect_run():
         return
-    key = "edgeport-promotion-" + re.sub(r"[^a-z0-9-]+", "-", registered_model.lower()).strip("-")
-    create_markdown_artifact(markdown=markdown, key=key, description=description)
+    create_markdown_artifact(markdown=markdown, key=f"edgeport-promotion-{slug(registered_model)}", description=description)
 
 
-#: Prefect task around :func:`promote`: 2 retries on transient MLflow errors only; never cached.
-promote_task = task(
-    promote, name="promote", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 8], retry_condition_fn=retry_if_transient
-)
-#: Prefect task around :func:`rollback`: 2 retries on transient MLflow errors only; never cached.
-rollback_task = task(
-    rollback, name="rollback", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 8], retry_condition_fn=retry_if_transient
-)
+#: Prefect task around :func:`promote`: retries transient MLflow errors only, within
+#: :data:`edgeport.registry.INTERACTIVE_RETRY` (2, 4, 4 s); never cached.
+promote_task = with_retry_window(task(promote, name="promote", cache_policy=NO_CACHE), INTERACTIVE_RETRY)
+#: Prefect task around :func:`rollback`: the same retries as :data:`promote_task`; never cached.
+rollback_task = with_retry_window(task(rollback, name="rollback", cache_policy=NO_CACHE), INTERACTIVE_RETRY)

@@ -14,11 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
-from edgeport.errors import RegistryError, RegistryUnavailable
+from edgeport.registry import (
+    DEFAULT_RETRY,
+    map_mlflow_errors,
+    mlflow_http_settings,
+    with_retry_window,
+)
 from edgeport.spec import PipelineSpec
+from mlflow import MlflowClient
 from tasks.benchmark import load_latencies
-from tasks.register import is_transient, mlflow_http_settings, with_retry_window
 
 logger = logging.getLogger("edgeport.report")
 
@@ -143,23 +150,17 @@ def make_plots(spec: PipelineSpec, variants: list[dict[str, Any]], output_dir: s
 
 def log_plots(tracking_uri: str, run_id: str, paths: list[str], timeout_s: float = 60.0) -> None:
     """Log the plots to the MLflow run ``run_id`` under ``plots/`` (an http(s) server gets
-    ``timeout_s`` per request and few quick retries: :func:`tasks.register.mlflow_http_settings`;
+    ``timeout_s`` per request and few quick retries: :func:`edgeport.registry.mlflow_http_settings`;
     the Prefect task retries outages within ``registry.retry.window_s``).
 
     Raises:
         RegistryUnavailable: MLflow unreachable (transient: the task retries).
         RegistryError: MLflow refused the upload.
     """
-    from mlflow import MlflowClient
-
     client = MlflowClient(tracking_uri)
-    try:
-        with mlflow_http_settings(tracking_uri, timeout_s):
-            for path in paths:
-                client.log_artifact(run_id, path, artifact_path="plots")
-    except Exception as exc:
-        error = RegistryUnavailable if is_transient(exc) else RegistryError
-        raise error(f"logging plots to MLflow run {run_id} at {tracking_uri} failed: {exc}") from exc
+    with map_mlflow_errors(f"logging plots to run {run_id}", tracking_uri, wrap_all=True), mlflow_http_settings(tracking_uri, timeout_s):
+        for path in paths:
+            client.log_artifact(run_id, path, artifact_path="plots")
 
 
 def report(spec: PipelineSpec, variants: list[dict[str, Any]], output_dir: str | Path, tracking_uri: str, run_id: str) -> list[str]:
@@ -171,14 +172,8 @@ def report(spec: PipelineSpec, variants: list[dict[str, Any]], output_dir: str |
 
 
 # --- Prefect wrapper -------------------------------------------------------------------------
-from prefect import task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-
-from edgeport.spec import RetrySpec  # noqa: E402
-
-_DEFAULT_RETRY = RetrySpec()
 
 #: Retries transient errors only, within the default window of :class:`~edgeport.spec.RetrySpec`
-#: (the flow applies the spec's ``registry.retry`` with :func:`tasks.register.with_retry_window`).
+#: (the flow applies the spec's ``registry.retry`` with :func:`edgeport.registry.with_retry_window`).
 #: Never cached: it uploads.
-report_task = with_retry_window(task(report, name="report", cache_policy=NO_CACHE), _DEFAULT_RETRY)
+report_task = with_retry_window(task(report, name="report", cache_policy=NO_CACHE), DEFAULT_RETRY)

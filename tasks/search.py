@@ -51,7 +51,6 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.tasks import exponential_backoff
 
 from edgeport.errors import (
     EdgeportError,
@@ -60,8 +59,13 @@ from edgeport.errors import (
 )
 from edgeport.files import file_sha256
 from edgeport.home import edgeport_home
+from edgeport.registry import (
+    DEFAULT_RETRY,
+    flatten_params,
+    is_transient,
+    with_retry_window,
+)
 from edgeport.spec import PipelineSpec, QuantizationVariantSpec, spec_digest
-from tasks.register import flatten_params, is_transient, retry_if_transient
 
 logger = logging.getLogger("edgeport.search")
 
@@ -762,11 +766,6 @@ def log_search(tracking_uri: str, run_id: str, summary: dict[str, Any]) -> int:
     return created
 
 
-log_search_task = task(
-    log_search,
-    name="search-log",
-    cache_policy=NO_CACHE,
-    retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_condition_fn=retry_if_transient,
-)
+#: Retries transient errors only, within the default window of :class:`~edgeport.spec.RetrySpec`
+#: (the same policy as register and report: :func:`edgeport.registry.with_retry_window`).
+log_search_task = with_retry_window(task(log_search, name="search-log", cache_policy=NO_CACHE), DEFAULT_RETRY)

@@ -40,11 +40,11 @@ from edgeport.errors import (
     SpecError,
     ValidationFailed,
 )
+from edgeport.registry import check_tracking_uri
 from edgeport.spec import PipelineSpec, load_spec
 from mlflow import MlflowClient
 from tasks.export import export_model
 from tasks.preflight import preflight
-from tasks.register import check_tracking_uri
 from tasks.validate import validate_onnx
 
 pytestmark = pytest.mark.slow

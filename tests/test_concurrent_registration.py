@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from edgeport.registry import REGISTRATION_TAG, check_tracking_uri
 from edgeport.servers import free_port
 from edgeport.spec import load_spec
 from mlflow import MlflowClient
-from tasks.register import REGISTRATION_TAG, check_tracking_uri, register_pipeline
+from tasks.register import register_pipeline
 from tests.conftest import digits_spec_dict, write_spec
 
 pytestmark = pytest.mark.slow

@@ -19,16 +19,16 @@ from onnx import TensorProto, helper, numpy_helper
 from prefect.states import Completed, Failed
 
 from edgeport.errors import RegistryError, RegistryUnavailable
-from edgeport.spec import PipelineSpec
-from mlflow import MlflowClient
-from tasks.register import (
-    _artifact_location_for,
+from edgeport.registry import (
+    artifact_location_for,
     check_tracking_uri,
     ensure_experiment,
-    register_pipeline,
     resolve_tracking_uri,
     retry_if_transient,
 )
+from edgeport.spec import PipelineSpec
+from mlflow import MlflowClient
+from tasks.register import register_pipeline
 
 
 def _tiny_onnx(path: Path, scale: float) -> Path:
@@ -134,10 +134,10 @@ def test_resolve_tracking_uri(tmp_path, monkeypatch):
 def test_artifact_location_never_cwd(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEPORT_HOME", str(tmp_path / "home"))
     default_db = tmp_path / "home" / "mlflow" / "mlflow.db"
-    assert _artifact_location_for(f"sqlite:///{default_db}", "exp a") == (tmp_path / "home" / "mlflow" / "artifacts" / "exp_a").as_uri()
+    assert artifact_location_for(f"sqlite:///{default_db}", "exp a") == (tmp_path / "home" / "mlflow" / "artifacts" / "exp_a").as_uri()
     other = tmp_path / "elsewhere" / "x.db"
-    assert _artifact_location_for(f"sqlite:///{other}", "e") == (tmp_path / "elsewhere" / "artifacts" / "e").as_uri()
-    assert _artifact_location_for("http://127.0.0.1:5000", "e") is None
+    assert artifact_location_for(f"sqlite:///{other}", "e") == (tmp_path / "elsewhere" / "artifacts" / "e").as_uri()
+    assert artifact_location_for("http://127.0.0.1:5000", "e") is None
 
 
 @pytest.mark.slow

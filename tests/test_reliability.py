@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from edgeport.registry import PENDING_FILE, REGISTRATION_TAG
 from edgeport.servers import (
     free_port,
     start_mlflow_server,
@@ -29,7 +30,7 @@ from edgeport.servers import (
     wait_healthy,
 )
 from mlflow import MlflowClient
-from tasks.register import PENDING_FILE, REGISTRATION_TAG, register_pipeline
+from tasks.register import register_pipeline
 from tests.conftest import REPO, digits_spec_dict, wait_until, write_spec
 from tests.test_register import _spec as _tiny_spec
 from tests.test_register import _tiny_onnx, _variant

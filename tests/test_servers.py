@@ -99,7 +99,7 @@ def test_up_status_env_and_discovery(in_servers_home: ServersState, monkeypatch:
     assert result.exit_code == 0 and json.loads(result.output)["running"] is True
 
     # Discovery: no flag, no spec URI, no MLFLOW_TRACKING_URI -> the running server; env and spec win.
-    from tasks.register import resolve_tracking_uri
+    from edgeport.registry import resolve_tracking_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert resolve_tracking_uri(None, None) == state.mlflow_url

@@ -1,0 +1,114 @@
+"""The ONNX model as MLflow logs it: an input example, a signature inferred from one ONNX Runtime
+call, and ``mlflow.onnx.log_model``. The only module of :mod:`edgeport.registry` that imports
+``onnx`` / ``onnxruntime``; not imported by the package ``__init__`` (so the promotion flow,
+which never logs a model, does not load ONNX Runtime)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow.onnx
+import numpy as np
+import onnx
+import onnxruntime
+from mlflow.models import ModelSignature
+from mlflow.types import Schema, TensorSpec
+
+from edgeport.spec import PipelineSpec
+
+__all__ = ["input_example", "log_onnx", "onnx_signature"]
+
+#: Above this file size (bytes) the model is logged with external data (protobuf's limit is 2 GiB).
+EXTERNAL_DATA_ABOVE_BYTES = 1_500_000_000
+
+
+def input_example(model: onnx.ModelProto, spec: PipelineSpec) -> dict[str, np.ndarray]:
+    """Batch-1 example per graph input (initializers excluded), of the input's dtype: the first
+    real sample from the spec's evaluation or calibration ``.npz`` when it has a matching array
+    (same rank and non-batch dims), else zeros (named or unknown dims -> 1)."""
+    initializers = {t.name for t in model.graph.initializer}
+    samples: dict[str, np.ndarray] = {}
+    for section in (spec.evaluation, spec.calibration):
+        if section is None or not Path(section.dataset).is_file():
+            continue
+        try:
+            with np.load(section.dataset, allow_pickle=False) as data:
+                samples = {k: np.asarray(data[k][:1]) for k in data.files if k in {i.name for i in model.graph.input}}
+        except Exception:  # noqa: BLE001 - a sample is a nicety; zeros will do
+            samples = {}
+        if samples:
+            break
+    example: dict[str, np.ndarray] = {}
+    for graph_input in model.graph.input:
+        if graph_input.name in initializers:
+            continue
+        tensor = graph_input.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)
+        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tensor.shape.dim]
+        sample = samples.get(graph_input.name)
+        if sample is not None and sample.ndim == len(shape) and sample.shape[1:] == tuple(shape[1:]):
+            example[graph_input.name] = sample.astype(dtype, copy=False)
+        else:
+            example[graph_input.name] = np.zeros(shape, dtype=dtype)
+    return example
+
+
+def _dynamic_axes(values: Any) -> dict[str, set[int] | None]:
+    """Per graph value, the axes that are not a fixed positive size; None when no shape is recorded."""
+    axes: dict[str, set[int] | None] = {}
+    for value in values:
+        tensor = value.type.tensor_type
+        if not tensor.HasField("shape"):
+            axes[value.name] = None
+            continue
+        axes[value.name] = {i for i, d in enumerate(tensor.shape.dim) if not (d.HasField("dim_value") and d.dim_value > 0)}
+    return axes
+
+
+def onnx_signature(model: onnx.ModelProto, path: Path, example: dict[str, np.ndarray]) -> ModelSignature:
+    """Signature inferred from one ONNX Runtime (CPU EP) call of the model at ``path`` on
+    ``example``: dtypes and sizes from the arrays, -1 for every axis that is symbolic in the graph
+    (e.g. ``batch``); axis 0 is taken as dynamic for outputs whose shape the graph does not record."""
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    outputs = dict(zip(names, session.run(names, example)))
+
+    def schema(arrays: dict[str, np.ndarray], dynamic: dict[str, set[int] | None]) -> Schema:
+        specs = []
+        for name, array in arrays.items():
+            array = np.asarray(array)
+            axes = dynamic.get(name)
+            if axes is None or (array.ndim and len(axes) > array.ndim):
+                axes = {0} if array.ndim else set()
+            shape = tuple(-1 if i in axes else int(n) for i, n in enumerate(array.shape))
+            specs.append(TensorSpec(array.dtype, shape, name))
+        return Schema(specs)
+
+    return ModelSignature(
+        inputs=schema(example, _dynamic_axes(model.graph.input)),
+        outputs=schema(outputs, _dynamic_axes(model.graph.output)),
+    )
+
+
+def log_onnx(spec: PipelineSpec, path: Path) -> Any:
+    """``mlflow.onnx.log_model`` (into the active run, artifact ``model``) of a FRESH ModelProto
+    loaded from ``path`` (log_model moves tensors to external data in place, so a proto must not
+    be reused), with :func:`onnx_signature`, :func:`input_example`, pinned onnx / onnxruntime
+    requirements and the first target's execution providers (+ CPU). Returns MLflow's ModelInfo."""
+    model = onnx.load(str(path))
+    example = input_example(model, spec)
+    signature = onnx_signature(model, path, example)
+    providers = list(spec.targets[0].providers)
+    if "CPUExecutionProvider" not in providers:
+        providers.append("CPUExecutionProvider")
+    return mlflow.onnx.log_model(
+        model,
+        name="model",
+        signature=signature,
+        input_example=example,
+        pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
+        onnx_execution_providers=providers,
+        # one self-contained model.onnx unless protobuf's 2 GiB limit forces external data
+        save_as_external_data=path.stat().st_size > EXTERNAL_DATA_ABOVE_BYTES,
+    )
