@@ -314,7 +314,7 @@ def apply_deployments(plans: list[DeploymentPlan], source: Path = REPO_DIR) -> l
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m deployments.deploy``: apply the deployments (see the module docstring)."""
-    from edgeport.home import configure_runtime_env
+    from edgeport.runtime_env import configure_runtime_env
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", action="append", type=Path, help="pipeline spec (repeatable; default: the examples)")

@@ -20,7 +20,8 @@ from rich.table import Table
 
 from edgeport.cli_common import console, err_console, fail
 from edgeport.errors import EdgeportError
-from edgeport.home import configure_runtime_env, default_output_dir, edgeport_home
+from edgeport.home import default_output_dir, edgeport_home
+from edgeport.runtime_env import configure_runtime_env
 from edgeport.targets import ENV_SETUP_VAR
 
 app = typer.Typer(

@@ -53,7 +53,7 @@ from rich.table import Table
 
 from edgeport.cli_common import console, err_console, fail
 from edgeport.errors import DataError, EdgeportError, RuntimeLoadError, TargetError
-from edgeport.home import configure_runtime_env
+from edgeport.runtime_env import configure_runtime_env
 from edgeport.spec import InputSpec, PipelineSpec
 
 __all__ = [

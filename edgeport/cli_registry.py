@@ -27,7 +27,7 @@ from rich.table import Table
 
 from edgeport.cli_common import console, err_console, fail
 from edgeport.errors import EdgeportError
-from edgeport.home import configure_runtime_env
+from edgeport.runtime_env import configure_runtime_env
 
 __all__ = ["print_decision", "promote", "register", "rollback"]
 

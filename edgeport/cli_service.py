@@ -1,7 +1,7 @@
 """``edgeport deploy`` and ``edgeport notify-checkpoint``: edgeport as a service on a Prefect server.
 
 Registered on the main CLI by :func:`register`; both need a Prefect server: ``PREFECT_API_URL``,
-else the one ``edgeport servers up`` started (:func:`edgeport.home.configure_runtime_env`).
+else the one ``edgeport servers up`` started (:func:`edgeport.runtime_env.configure_runtime_env`).
 
     edgeport deploy [--pool edgeport] [--spec SPEC ...] [--cron "0 2 * * *"]
         create the work pools and apply the deployments of :mod:`deployments.deploy`
@@ -116,7 +116,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Create the work pools and apply the deployments (schedules, checkpoint and promotion triggers,
         remote benchmarks). Start a worker with `prefect worker start --pool POOL`."""
-        from edgeport.home import configure_runtime_env
+        from edgeport.runtime_env import configure_runtime_env
 
         configure_runtime_env()
         from deployments.deploy import apply_deployments, plan_deployments
@@ -144,7 +144,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Emit `edgeport.checkpoint.created` for PATH: the deployment `<spec name>-on-checkpoint`
         runs the pipeline on it."""
-        from edgeport.home import configure_runtime_env
+        from edgeport.runtime_env import configure_runtime_env
 
         configure_runtime_env()
         try:

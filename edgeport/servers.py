@@ -12,7 +12,7 @@ state under ``$EDGEPORT_HOME/servers/``::
       logs/mlflow.log, logs/prefect.log
 
 Other edgeport commands find the running servers through :func:`running_servers`
-(``edgeport.registry.resolve_tracking_uri`` and ``edgeport.home.configure_runtime_env``); a shell
+(``edgeport.registry.resolve_tracking_uri`` and ``edgeport.runtime_env.configure_runtime_env``); a shell
 gets them with ``eval "$(edgeport servers env)"``.
 
 Timeouts: MLflow's first answer takes ~20 s on 2 cores (imports + sqlite schema migrations),

@@ -43,6 +43,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from edgeport.errors import SpecError
+from edgeport.profiles import CURRENT_ENV, ENVIRONMENTS, PROFILES
 
 __all__ = [
     "VARIANT_FIELD_SCOPE",
@@ -601,8 +602,6 @@ class TargetSpec(_Strict):
         """Split ``{name, options}`` provider items, then fill unset fields from the profile."""
         if not isinstance(data, dict):
             return data
-        from edgeport.targets import PROFILES  # edgeport.targets imports this module
-
         data = dict(data)
         label = data.get("name", "cpu")
         if isinstance(data.get("providers"), list):
@@ -656,8 +655,6 @@ class TargetSpec(_Strict):
         stray = [p for p in self.provider_options if p not in self.providers]
         if stray:
             raise ValueError(f"target {self.name!r}: provider_options names {stray}, which are not in providers {self.providers}")
-        from edgeport.targets import CURRENT_ENV, ENVIRONMENTS, PROFILES
-
         if self.env != CURRENT_ENV and self.env not in ENVIRONMENTS:
             raise ValueError(f"target {self.name!r}: unknown env {self.env!r}; use {CURRENT_ENV!r} or one of {sorted(ENVIRONMENTS)}")
         if self.profile is None and "providers" not in self.model_fields_set:

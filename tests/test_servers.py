@@ -108,7 +108,7 @@ def test_up_status_env_and_discovery(in_servers_home: ServersState, monkeypatch:
     assert resolve_tracking_uri(None, None) == "http://elsewhere:5000"
 
     # configure_runtime_env points Prefect at the running server unless the user chose one.
-    from edgeport.home import configure_runtime_env
+    from edgeport.runtime_env import configure_runtime_env
 
     for name in ("PREFECT_API_URL", "PREFECT_HOME", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
                  "PREFECT_LOGGING_EXTRA_LOGGERS"):  # fmt: skip
