@@ -50,9 +50,8 @@ for folder in (REPO, HERE):
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-
 from light_models import light_model_path, make_dynamic_batch, prefect_env  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 #: (model, batch sizes): batch 1 and a larger batch each.
 CASES = (("mlp", (1, 64)), ("light_squeezenet", (1, 8)), ("light_resnet50", (1, 2)))
@@ -127,7 +126,7 @@ def probe_run_ms(request: dict[str, Any], batch_size: int) -> float:
 
 
 def measure_case(name: str, path: Path, batch_size: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from edgeport.cli_bench import bench_spec, model_inputs
+    from edgeport.cli.bench import bench_spec, model_inputs
     from edgeport.spec import TargetSpec
     from tasks.benchmark import benchmark_variant, build_request
 

@@ -152,7 +152,12 @@ def prepare(name: str, work: Path) -> dict[str, Any]:
         {"fp32": path, "int8": path, "input": name, "shape": [batch, ...], "seconds": {...},
         "ops": {variant: Counter of op types}}.
     """
-    from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_static
+    from onnxruntime.quantization import (
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
 
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -183,8 +188,8 @@ def prepare(name: str, work: Path) -> dict[str, Any]:
 
 def bench_spec(model_path: Path, batch_sizes: tuple[int, ...], time_budget_s: float, warmup: int) -> Any:
     """The PipelineSpec benchmark_variant needs, inputs read from the graph (as ``edgeport bench`` does)."""
-    from edgeport.cli_bench import bench_spec as _spec
-    from edgeport.cli_bench import model_inputs
+    from edgeport.cli.bench import bench_spec as _spec
+    from edgeport.cli.bench import model_inputs
 
     inputs, outputs = model_inputs(model_path)
     return _spec(inputs, outputs, batch_sizes=list(batch_sizes), warmup=warmup, max_runs=500, time_budget_s=time_budget_s, timeout_s=900)

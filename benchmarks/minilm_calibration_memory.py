@@ -71,7 +71,10 @@ def child(model: str, data: str, n: int, mode: str, method: str, chunk_size: int
 
         tensors = calibrate_chunked(model, arrays, method=method, chunk_size=chunk_size)
     else:
-        from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+        from onnxruntime.quantization.calibrate import (
+            CalibrationMethod,
+            create_calibrator,
+        )
 
         from edgeport.data import iter_batches
 

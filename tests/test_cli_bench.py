@@ -1,6 +1,6 @@
 """``edgeport bench``: the standalone benchmark command, on tiny real ONNX models (no mocks).
 
-The command is registered on a local Typer app (as edgeport/cli.py mounts it) and run with
+The command is registered on a local Typer app (as edgeport/cli/__init__.py mounts it) and run with
 CliRunner; every measurement runs the real runner in a child process, with a short time budget.
 """
 
@@ -18,7 +18,7 @@ import typer
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
-from edgeport.cli_bench import bench_inputs, model_inputs, register
+from edgeport.cli.bench import bench_inputs, model_inputs, register
 from edgeport.errors import DataError
 from tests.conftest import openvino_env_ready
 

@@ -117,7 +117,7 @@ class Service:
         return wait_until(final, timeout_s, interval_s=2, message=report)
 
     def emit(self, event) -> None:
-        from edgeport.cli_service import emit_confirmed
+        from edgeport.cli.service import emit_confirmed
 
         with self.settings():
             asyncio.run(emit_confirmed(event))

@@ -2,7 +2,7 @@
 
 The OpenVINO tests run only where the managed environment exists in the real
 EDGEPORT_HOME (create it once, ~30-60 s and ~450 MB, with
-``edgeport targets setup openvino`` or ``python -m edgeport.cli_targets setup openvino``);
+``edgeport targets setup openvino`` or ``python -m edgeport.cli.targets setup openvino``);
 elsewhere they are skipped with that command in the reason.
 """
 
@@ -21,7 +21,8 @@ from onnx import TensorProto, helper, numpy_helper
 from rich.console import Console
 from typer.testing import CliRunner
 
-from edgeport import cli_targets, targets
+from edgeport import targets
+from edgeport.cli import targets as cli_targets
 from edgeport.errors import SpecError, TargetError
 from edgeport.home import edgeport_home
 from edgeport.spec import PipelineSpec, TargetSpec, load_spec

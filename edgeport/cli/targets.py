@@ -1,7 +1,7 @@
 """``edgeport targets``: the built-in benchmark target profiles and managed environments.
 
 Mounted by the main CLI as ``app.add_typer(targets_app, name="targets")``; also runs
-alone as ``python -m edgeport.cli_targets``.
+alone as ``python -m edgeport.cli.targets``.
 
     edgeport targets list              profiles, providers, env, available here (and why not);
                                        managed environments: exist?, folder, versions or problem
@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgeport.cli_common import console, err_console
+from edgeport.cli.common import console, err_console
 from edgeport.errors import EdgeportError
 from edgeport.targets import (
     ENVIRONMENTS,

@@ -1,4 +1,4 @@
-"""The ``edgeport`` command line.
+"""``edgeport run``, ``validate-spec``, ``schema`` and ``home``: the pipeline's own commands.
 
 Exit codes of ``edgeport run``: 0 a challenger was registered; 2 the pipeline completed
 but no variant passed its gates (nothing registered); 1 an error (message only, the
@@ -8,7 +8,6 @@ traceback with ``--debug``).
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -18,55 +17,18 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from edgeport.cli_common import console, err_console, fail
+from edgeport.cli.common import console, err_console, fail, quiet_tracebacks
 from edgeport.errors import EdgeportError
-from edgeport.home import default_output_dir, edgeport_home
+from edgeport.home import (
+    default_artifact_root,
+    default_output_dir,
+    default_tracking_uri,
+    edgeport_home,
+)
 from edgeport.runtime_env import configure_runtime_env
 from edgeport.targets import ENV_SETUP_VAR
 
-app = typer.Typer(
-    name="edgeport",
-    help="Checkpoint -> validated, quantized, benchmarked ONNX variants -> MLflow registry, as Prefect flows.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
-from edgeport.cli_bench import register as _register_bench  # noqa: E402
-from edgeport.cli_targets import targets_app  # noqa: E402
-
-app.add_typer(targets_app, name="targets", help="Hardware targets: list the profiles, set up managed environments.")
-from edgeport.cli_servers import servers_app  # noqa: E402
-
-app.add_typer(servers_app, name="servers", help="Local MLflow + Prefect servers: up, status, env, down.")
-_register_bench(app)
-from edgeport.cli_service import register as _register_service  # noqa: E402
-
-_register_service(app)
-from edgeport.cli_registry import register as _register_registry  # noqa: E402
-
-_register_registry(app)
-
-
 EXIT_OK, EXIT_ERROR, EXIT_NO_CHALLENGER = 0, 1, 2
-
-
-def _quiet_tracebacks() -> None:
-    """Keep Prefect's console log lines but drop the tracebacks they carry: the CLI prints one
-    clean error line instead (``--debug`` keeps them). Only Prefect's console formatter
-    (``PrefectFormatter``, from its logging.yml) changes; the handler that ships logs to the
-    Prefect API formats with its own formatter, so the UI still shows the traceback."""
-    from prefect.logging.formatters import PrefectFormatter
-
-    original = PrefectFormatter.format
-
-    def format_without_traceback(self: PrefectFormatter, record: logging.LogRecord) -> str:
-        saved = record.exc_info, record.exc_text, record.stack_info
-        record.exc_info = record.exc_text = record.stack_info = None  # exc_text: another handler may have cached it
-        try:
-            return original(self, record)
-        finally:
-            record.exc_info, record.exc_text, record.stack_info = saved
-
-    PrefectFormatter.format = format_without_traceback  # type: ignore[method-assign]
 
 
 def print_summary(summary: dict) -> None:
@@ -149,7 +111,6 @@ def why_nothing_passed(summary: dict) -> str:
     return "; ".join(f"{', '.join(names)}: {why}" for why, names in reasons.items())
 
 
-@app.command()
 def run(
     spec: Annotated[Path, typer.Argument(help="Pipeline spec (YAML).")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (default $EDGEPORT_HOME/outputs/<name>).")] = None,
@@ -182,7 +143,7 @@ def run(
     from flows.pipeline import pipeline
 
     if not debug:
-        _quiet_tracebacks()
+        quiet_tracebacks()
     previous = os.environ.get(ENV_SETUP_VAR)
     if no_env_setup:  # read by the flow's preflight (edgeport.targets.env_setup_enabled)
         os.environ[ENV_SETUP_VAR] = "never"
@@ -203,7 +164,6 @@ def run(
     raise typer.Exit(EXIT_OK if summary["challenger"] else EXIT_NO_CHALLENGER)
 
 
-@app.command("validate-spec")
 def validate_spec(spec: Annotated[Path, typer.Argument(help="Pipeline spec (YAML).")]) -> None:
     """Validate SPEC, its files and data (the checks `edgeport run` makes first), and print it with defaults filled in."""
     from edgeport.checks import check_inputs
@@ -218,7 +178,6 @@ def validate_spec(spec: Annotated[Path, typer.Argument(help="Pipeline spec (YAML
     err_console.print(f"[green]valid[/]: {spec}")
 
 
-@app.command()
 def schema() -> None:
     """Print the JSON schema of the pipeline spec."""
     from edgeport.spec import PipelineSpec
@@ -226,16 +185,17 @@ def schema() -> None:
     sys.stdout.write(json.dumps(PipelineSpec.model_json_schema(), indent=2) + "\n")
 
 
-@app.command()
 def home() -> None:
     """Print EDGEPORT_HOME and the default stores under it."""
-    from edgeport.home import default_artifact_root, default_tracking_uri
-
     console.print(f"EDGEPORT_HOME      {edgeport_home()}")
     console.print(f"MLflow tracking    {default_tracking_uri()}")
     console.print(f"MLflow artifacts   {default_artifact_root()}")
     console.print(f"PREFECT_HOME       {edgeport_home() / 'prefect'}")
 
 
-if __name__ == "__main__":  # pragma: no cover
-    app()
+def register(app: typer.Typer) -> None:
+    """Add ``run``, ``validate-spec``, ``schema`` and ``home`` to the main ``edgeport`` app."""
+    app.command("run")(run)
+    app.command("validate-spec")(validate_spec)
+    app.command("schema")(schema)
+    app.command("home")(home)

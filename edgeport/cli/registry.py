@@ -25,7 +25,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from edgeport.cli_common import console, err_console, fail
+from edgeport.cli.common import console, err_console, fail, quiet_tracebacks
 from edgeport.errors import EdgeportError
 from edgeport.runtime_env import configure_runtime_env
 
@@ -37,9 +37,7 @@ EXIT_PROMOTED, EXIT_ERROR, EXIT_REJECTED = 0, 1, 2
 def _prepare(debug: bool) -> None:
     configure_runtime_env()
     if not debug:
-        from edgeport.cli import _quiet_tracebacks
-
-        _quiet_tracebacks()
+        quiet_tracebacks()
 
 
 def print_decision(decision: dict[str, Any]) -> None:
@@ -135,6 +133,6 @@ def rollback(
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``promote`` and ``rollback`` to ``app`` (the main CLI: ``register(app)`` in edgeport/cli.py)."""
+    """Add ``promote`` and ``rollback`` to ``app`` (the main CLI: ``register(app)`` in edgeport/cli/__init__.py)."""
     app.command("promote")(promote)
     app.command("rollback")(rollback)

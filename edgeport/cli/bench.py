@@ -37,7 +37,7 @@ environment not set up (:class:`~edgeport.errors.TargetError`), bad ``--dim``,
 ``--batch-sizes`` or ``--samples``): a one-line message, the traceback with ``--debug``.
 
 Mounted by the main CLI with :func:`register`; also runs alone as
-``python -m edgeport.cli_bench MODEL.onnx``.
+``python -m edgeport.cli.bench MODEL.onnx``.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from edgeport.cli_common import console, err_console, fail
+from edgeport.cli.common import console, err_console, fail
 from edgeport.errors import DataError, EdgeportError, RuntimeLoadError, TargetError
 from edgeport.runtime_env import configure_runtime_env
 from edgeport.spec import InputSpec, PipelineSpec
@@ -476,7 +476,7 @@ def _runtime(result_path: Path, target: str) -> dict[str, Any]:
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``bench`` command to ``app`` (the main CLI: ``register(app)`` in edgeport/cli.py)."""
+    """Add the ``bench`` command to ``app`` (the main CLI: ``register(app)`` in edgeport/cli/__init__.py)."""
     app.command("bench")(bench)
 
 

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from edgeport.cli_common import console, fail
+from edgeport.cli.common import console, fail
 from edgeport.errors import CheckpointError, DeploymentError, EdgeportError
 
 __all__ = ["emit_checkpoint_created", "emit_confirmed", "register"]

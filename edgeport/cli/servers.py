@@ -1,7 +1,7 @@
 """``edgeport servers``: a local MLflow tracking server and Prefect server (see :mod:`edgeport.servers`).
 
 Mounted by the main CLI as ``app.add_typer(servers_app, name="servers")``; also runs alone
-as ``python -m edgeport.cli_servers``.
+as ``python -m edgeport.cli.servers``.
 
     edgeport servers up [--host H] [--mlflow-port P] [--prefect-port P] [--timeout S]
     edgeport servers status [--json]     health of each server (exit 1 when not running)
@@ -20,7 +20,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgeport.cli_common import console, fail
+from edgeport.cli.common import console, fail
 from edgeport.errors import EdgeportError
 from edgeport.servers import (
     running_servers,

@@ -7,11 +7,13 @@ escaped: messages quote file names, lists and dotted spec fields) and exit with 
 
 from __future__ import annotations
 
+import logging
+
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-__all__ = ["EXIT_ERROR", "console", "err_console", "fail"]
+__all__ = ["EXIT_ERROR", "console", "err_console", "fail", "quiet_tracebacks"]
 
 #: Exit code of a command that could not do its job (bad input, unreachable server, ...).
 EXIT_ERROR = 1
@@ -31,3 +33,23 @@ def fail(exc: BaseException, debug: bool = False) -> None:
         raise exc
     err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc))}", soft_wrap=True, highlight=False)
     raise typer.Exit(EXIT_ERROR)
+
+
+def quiet_tracebacks() -> None:
+    """Keep Prefect's console log lines but drop the tracebacks they carry: the CLI prints one
+    clean error line instead (``--debug`` keeps them). Only Prefect's console formatter
+    (``PrefectFormatter``, from its logging.yml) changes; the handler that ships logs to the
+    Prefect API formats with its own formatter, so the UI still shows the traceback."""
+    from prefect.logging.formatters import PrefectFormatter
+
+    original = PrefectFormatter.format
+
+    def format_without_traceback(self: PrefectFormatter, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None  # exc_text: another handler may have cached it
+        try:
+            return original(self, record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+    PrefectFormatter.format = format_without_traceback  # type: ignore[method-assign]

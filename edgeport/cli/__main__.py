@@ -1,0 +1,5 @@
+"""``python -m edgeport.cli``: the same as the ``edgeport`` command."""
+
+from edgeport.cli import app
+
+app()
