@@ -7,9 +7,9 @@ same keys in the same order, same values. Two rules make that hold:
 * a field listed in a record's ``omit_unset`` is written only when it was set (given to the
   constructor, read from a dict that has it, or assigned): e.g. ``fusions`` exists only on
   ``fp32-optimized``, ``search`` only on the search's winner;
-* a record read from a dict (``model_validate``) writes its keys back in that dict's order; the
-  entries that steps produce (validation, evaluation, benchmark) keep every key they had,
-  declared or not (``extra="allow"``).
+* the entries that steps produce (validation, evaluation, benchmark, challenger) keep every key
+  they had, declared or not (``extra="allow"``), in that dict's order; the variant record and the
+  summary write their fields in declaration order (the contract's).
 
 Steps keep passing plain dicts at task boundaries (their cached Prefect results are dicts);
 convert at the edges with :meth:`pydantic.BaseModel.model_validate` and ``model_dump()``.
@@ -69,8 +69,8 @@ class _Record(BaseModel):
     @classmethod
     def _remember_key_order(cls, data: Any, handler: Any) -> Any:
         record = handler(data)
-        if isinstance(data, Mapping) and isinstance(record, _Record):
-            record._key_order = tuple(data)
+        if isinstance(data, Mapping) and isinstance(record, _Record) and record.model_config.get("extra") == "allow":
+            record._key_order = tuple(data)  # a step's dict: keep its order (declared fields are written in declaration order)
         return record
 
     @model_serializer(mode="wrap")
