@@ -80,7 +80,7 @@ def benchmark_row(b: BenchmarkEntry) -> dict[str, Any]:
     }
 
 
-def summary_markdown(spec: PipelineSpec, summary: RunSummary, local_ui: str | None = None) -> str:
+def summary_markdown(spec: PipelineSpec, summary: RunSummary) -> str:
     """The run's markdown summary: registered model and challenger, the :func:`variant_rows` table,
     the MLflow run."""
     rows = variant_rows(spec, summary.variants)
