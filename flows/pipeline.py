@@ -1,33 +1,36 @@
 """The edgeport pipeline flow: checkpoint -> ONNX -> validate -> [optimize -> validate] -> quantize
--> validate -> evaluate -> benchmark -> register -> report.
+-> validate -> evaluate -> [search] -> benchmark -> register -> report.
 
-This module only composes the steps in ``tasks/`` and publishes Prefect artifacts;
-the ONNX, ONNX Runtime and MLflow logic lives in the steps.
+This module only composes: :func:`pipeline` reads as the table of contents, each stage a named
+helper below it or a subflow (:mod:`flows.search`, :mod:`flows.export`). The steps are in
+``tasks/``, the cache policy in :mod:`flows.caching`, the Prefect artifacts in
+:mod:`flows.artifacts`, the records in :mod:`edgeport.records`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
-import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import (
-    create_link_artifact,
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
 from prefect.events import emit_event
 from prefect.runtime import flow_run
 
 from edgeport.data import benchmark_samples_path
 from edgeport.errors import RegistryError, RegistryUnavailable
 from edgeport.home import default_output_dir
+from edgeport.records import (
+    BenchmarkEntry,
+    Challenger,
+    Evaluation,
+    FlowRunInfo,
+    RunSummary,
+    Validation,
+    VariantRecord,
+    gate_verdict,
+)
 from edgeport.registry import (
     clear_pending_registration,
     resolve_tracking_uri,
@@ -35,182 +38,27 @@ from edgeport.registry import (
     write_pending_registration,
 )
 from edgeport.spec import PipelineSpec, load_spec
+from flows.artifacts import benchmark_progress, publish_benchmarks, publish_summary
+from flows.caching import RunLog, cached_export, latencies_kept, report_restored
+from flows.export import select_export_flow
 from flows.remote_benchmark import remote_benchmark_task
+from flows.search import search_flow
 from tasks.benchmark import benchmark_target_task
 from tasks.cache import files_intact
 from tasks.evaluate import evaluate_task
-from tasks.export import export_task, select_export_task, with_exporter
+from tasks.export import ExportResult, with_exporter
 from tasks.optimize import optimize_task
 from tasks.preflight import preflight_task
 from tasks.quantize import quantize_task
 from tasks.register import check_tracking_uri_task, register_task
 from tasks.report import report_task
+from tasks.search import log_search_task
 from tasks.validate import validate_task
 
-__all__ = ["PIPELINE_COMPLETED_EVENT", "pipeline", "select_primary_benchmark"]
+__all__ = ["PIPELINE_COMPLETED_EVENT", "pipeline"]
 
 #: Prefect event emitted when a pipeline run registered a challenger (triggers the promotion deployment).
 PIPELINE_COMPLETED_EVENT = "edgeport.pipeline.completed"
-
-#: Where ``mlflow/server.sh`` serves the embedded store (override with EDGEPORT_MLFLOW_UI_URL).
-LOCAL_MLFLOW_UI = os.environ.get("EDGEPORT_MLFLOW_UI_URL", "http://127.0.0.1:5000")
-
-
-def select_primary_benchmark(variant: dict[str, Any], spec: PipelineSpec) -> dict[str, Any] | None:
-    """The benchmark entry that ranks a variant: first target, primary batch size, status ``ok``."""
-    target, batch = spec.targets[0].name, spec.benchmark.primary
-    return next(
-        (b for b in variant["benchmarks"] if b["target"] == target and b["batch_size"] == batch and b.get("status") == "ok"),
-        None,
-    )
-
-
-def _variant_record(name: str, kind: str, path: str, size: int, sha: str, opset: int, **extra: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "kind": kind,
-        "path": path,
-        "size_bytes": size,
-        "sha256": sha,
-        "opset": opset,
-        "passed": False,
-        "validation": None,
-        "evaluation": None,
-        "benchmarks": [],
-        "model_version": None,
-        **extra,
-    }
-
-
-def _metric_columns(spec: PipelineSpec) -> tuple[str, str, float]:
-    """(value column, drop column, drop scale) named after the evaluation metric: top1 drops
-    are shown in percentage points, cosine drops as they are."""
-    metric = spec.evaluation.metric if spec.evaluation is not None else "metric"
-    if metric == "top1":
-        return "top1", "drop_pp", 100.0
-    return metric, f"{metric}_drop", 1.0
-
-
-def _round(x: Any, digits: int) -> Any:
-    return None if x is None or x != x else round(x, digits)  # x != x: NaN
-
-
-def _summary_table(spec: PipelineSpec, variants: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    value_col, drop_col, scale = _metric_columns(spec)
-    rows = []
-    for v in variants:
-        bench = select_primary_benchmark(v, spec)
-        ev = v["evaluation"] or {}
-        rows.append(
-            {
-                "variant": v["name"],
-                "kind": v["kind"],
-                "size_kb": round(v["size_bytes"] / 1024, 1),
-                "validation": "passed" if (v["validation"] or {}).get("passed") else "FAILED",
-                value_col: None if not ev else _round(ev["value"], 4),
-                drop_col: None if not ev else _round(scale * ev["drop"], 4 if scale == 1 else 2),
-                f"p50_ms@b{spec.benchmark.primary}": None if bench is None else round(bench["p50_ms"], 4),
-                "passed": v["passed"],
-                "model_version": v["model_version"],
-            }
-        )
-    return rows
-
-
-def _cached(task_: Any, *args: Any, intact: Any = None, refresh: bool = False, **kwargs: Any) -> tuple[Any, bool]:
-    """Call a cached step (see :mod:`tasks.cache`); returns ``(result, cached)``.
-
-    A ``Cached`` result is used only when ``intact(result)`` says its output files are still
-    there (and unchanged); otherwise, or with ``refresh``, the step runs again with
-    ``refresh_cache=True`` (which also replaces the cache entry). Failures raise as usual.
-    """
-    if refresh:
-        return task_.with_options(refresh_cache=True)(*args, **kwargs), False
-    state = task_(*args, return_state=True, **kwargs)
-    result = state.result()
-    if state.name != "Cached":
-        return result, False
-    if intact is None or intact(result):
-        return result, True
-    get_run_logger().warning("%s: cached result's output files are gone or changed: running it again", task_.name)
-    return task_.with_options(refresh_cache=True)(*args, **kwargs), False
-
-
-def _report_restored(report_path: str) -> Any:
-    """``intact`` check of a cached validation: (re)write its report file from the cached result."""
-
-    def restore(report: dict[str, Any]) -> bool:
-        Path(report_path).write_text(json.dumps(report, indent=2))
-        return True
-
-    return restore
-
-
-def _latencies_kept(results: dict[str, list[dict[str, Any]]]) -> bool:
-    """``intact`` check of cached benchmarks: every raw-latency file they name still exists, and
-    no runner crashed or timed out (a ``failed`` entry is measured again, not reused)."""
-    entries = [e for group in results.values() for e in group]
-    if any(e.get("status") == "failed" for e in entries):
-        return False
-    paths = [p for e in entries for p in (e.get("latencies_paths") or [e.get("latencies_path")]) if p]
-    return files_intact(dict.fromkeys(paths))
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in text.lower())
-
-
-def _artifact_key(spec: PipelineSpec) -> str:
-    """Prefect artifact keys: lowercase letters, digits and dashes."""
-    return "edgeport-" + _slug(spec.name)
-
-
-def _bench_row(b: dict[str, Any]) -> dict[str, Any]:
-    def r(x: Any) -> Any:
-        return None if x is None else round(x, 4)
-
-    return {
-        "batch": b["batch_size"],
-        "status": b["status"],
-        "providers_bound": ",".join(b.get("providers_bound") or []),
-        "p50_ms": r(b.get("p50_ms")),
-        "p90_ms": r(b.get("p90_ms")),
-        "p99_ms": r(b.get("p99_ms")),
-        "samples_per_s": r(b.get("throughput")),
-        "ci_pct": r(b.get("ci_halfwidth_pct")),
-        "drift_pct": r(b.get("drift_pct")),
-        "runs": b.get("runs"),
-        "error": (b.get("error") or "")[:120],
-    }
-
-
-def _publish_artifacts(spec: PipelineSpec, summary: dict[str, Any]) -> None:
-    key = _artifact_key(spec)
-    rows = _summary_table(spec, summary["variants"])
-    create_table_artifact(table=rows, key=f"{key}-variants", description=f"Variants of {spec.name}")
-    challenger = summary["challenger"]
-    lines = [
-        f"# edgeport: {spec.name}",
-        "",
-        f"Registered model **{summary['registered_model']}**; "
-        + (
-            f"alias `{spec.registry.alias}` -> version {challenger['version']} ({challenger['variant']})."
-            if challenger
-            else "no variant passed its gates: nothing registered."
-        ),
-        "",
-        "| " + " | ".join(rows[0].keys() if rows else ()) + " |",
-        "|" + "---|" * (len(rows[0]) if rows else 0),
-    ]
-    lines += ["| " + " | ".join(str(x) for x in r.values()) + " |" for r in rows]
-    lines += ["", f"MLflow run: `{summary['mlflow_run_id']}` at `{summary['tracking_uri']}`"]
-    create_markdown_artifact(markdown="\n".join(lines), key=f"{key}-summary", description="Pipeline summary")
-    url = summary.get("mlflow_run_url")
-    note = "MLflow run"
-    if not url:  # a local store has no server: link to where mlflow/server.sh serves it
-        url = f"{LOCAL_MLFLOW_UI}/#/experiments/{summary['mlflow_experiment_id']}/runs/{summary['mlflow_run_id']}"
-        note = "MLflow run (local store: start mlflow/server.sh to open)"
-    create_link_artifact(link=url, link_text=note, key=f"{key}-mlflow-run")
 
 
 @flow(name="edgeport-pipeline", description="Checkpoint -> validated, quantized, benchmarked ONNX variants -> MLflow registry.")
@@ -254,245 +102,212 @@ def pipeline(
         EdgeportError subclasses: bad input, a failed export or FP32 validation, an unreachable
         registry (after retries). Nothing is registered when the run fails.
     """
-    logger = get_run_logger()
-    t0 = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    def lap(step: str, start: float) -> None:
-        timings[step] = round(timings.get(step, 0.0) + time.perf_counter() - start, 3)
-
-    cache: dict[str, dict[str, bool]] = {}  # step -> {item: came from the cache}
-
-    def cached(step: str, item: str, task_: Any, *args: Any, **kwargs: Any) -> Any:
-        result, hit = _cached(task_, *args, **kwargs)
-        cache.setdefault(step, {})[item] = hit
-        return result
-
-    spec = load_spec(spec_path)
-    if checkpoint is not None:
-        ckpt = Path(checkpoint).expanduser().resolve()
-        spec = spec.model_copy(update={"model": spec.model.model_copy(update={"checkpoint": ckpt})})
-        logger.info("checkpoint: %s (overrides model.checkpoint)", ckpt)
+    run = RunLog()
+    spec = _load(spec_path, checkpoint)
     out = Path(output_dir).resolve() if output_dir else default_output_dir(spec.name)
     out.mkdir(parents=True, exist_ok=True)
     uri = resolve_tracking_uri(spec.registry.tracking_uri, tracking_uri)
     check_tracking_uri_task(uri)  # fail before any work when MLflow is unreachable
-    start = time.perf_counter()
-    preflight_task(spec)  # bad input fails here, in seconds, naming the culprit
-    lap("preflight", start)
+    with run.timed("preflight"):
+        preflight_task(spec)  # bad input fails here, in seconds, naming the culprit
 
-    start = time.perf_counter()
+    with run.timed("export"):
+        spec, export, selection = _export(spec, out, run)
+    with run.timed("validate"):
+        fp32 = _fp32_variant(spec, export, selection, out, run)
+    variants = [fp32]
+    parent = fp32  # the FP32 model the quantized variants are built from (the optimized one when there is one)
+    if spec.optimization is not None:
+        parent = _optimized_variant(spec, export, out, run)
+        variants.append(parent)
+    variants += [_quantized_variant(spec, vspec, fp32 if vspec.parent == "fp32" else parent, export.opset, out, run) for vspec in spec.quantization]
+    if spec.evaluation is not None:
+        with run.timed("evaluate"):
+            _evaluate(spec, variants, out, run)
+
+    search = None  # accuracy-aware quantization search: a child flow run; its winner joins the variants
+    if spec.search is not None:
+        with run.timed("search"):
+            winner, search = search_flow(spec, [v.model_dump() for v in variants], str(out))
+        variants += [winner] if winner is not None else []
+
+    with run.timed("benchmark"):
+        _benchmark(spec, spec_path, variants, out, run, rebenchmark)
+    for record in variants:
+        record.passed, not_registered = gate_verdict(record, spec, search)
+        if not_registered:
+            record.not_registered = not_registered
+
+    info = FlowRunInfo(id=str(flow_run.id), name=flow_run.name, url=flow_run.ui_url) if flow_run.id else None
+    summary = RunSummary(
+        spec=str(Path(spec_path).resolve()), name=spec.name, registration="pending", tracking_uri=uri,
+        registered_model=spec.registry.registered_model, prefect_flow_run=info, variants=variants,
+        cache=run.cache, timings_s=run.timings, search=search,
+    )
+    with run.timed("register"):
+        _register(spec, spec_path, summary, out)
+    if search is not None:  # trials as nested runs, sensitivity and pareto plots under search/
+        with _soft_fail("search not logged to MLflow", RegistryError):
+            log_search_task(uri, summary.mlflow_run_id, search)
+    with run.timed("report"), _soft_fail("plots not logged to MLflow (past the retry window)", RegistryUnavailable):
+        summary.plots = with_retry_window(report_task, spec.registry.retry)(spec, _dicts(variants), str(out), uri, summary.mlflow_run_id)
+
+    run.total()
+    summary.timings_s = dict(run.timings)
+    _write(summary, out)
+    publish_summary(spec, summary)
+    get_run_logger().info("summary: %s", out / "summary.json")
+    result = summary.model_dump()
+    if summary.challenger:
+        _emit_completed(spec, result)
+    return result
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def _dicts(variants: list[VariantRecord]) -> list[dict[str, Any]]:
+    """The variant records as the steps take them (the ``summary.json`` dicts)."""
+    return [v.model_dump() for v in variants]
+
+
+def _write(summary: RunSummary, out: Path) -> None:
+    (out / "summary.json").write_text(json.dumps(summary.model_dump(), indent=2, default=str))
+
+
+def _load(spec_path: str, checkpoint: str | None) -> PipelineSpec:
+    """The spec, with ``model.checkpoint`` overridden by ``checkpoint`` (resolved against the cwd)."""
+    spec = load_spec(spec_path)
+    if checkpoint is not None:
+        ckpt = Path(checkpoint).expanduser().resolve()
+        spec = spec.model_copy(update={"model": spec.model.model_copy(update={"checkpoint": ckpt})})
+        get_run_logger().info("checkpoint: %s (overrides model.checkpoint)", ckpt)
+    return spec
+
+
+def _export(spec: PipelineSpec, out: Path, run: RunLog) -> tuple[PipelineSpec, ExportResult, dict | None]:
+    """Export (``exporter: auto``: the :func:`flows.export.select_export_flow` subflow); returns the spec
+    with the exporter used, the export, and the exporter comparison (None unless auto)."""
     selection = None
     if spec.export.exporter == "auto":
-        export, selection = select_export_task(spec, str(out))
+        export, selection = select_export_flow(spec, str(out))
         spec = with_exporter(spec, export.exporter)  # the rest of the run uses the selected exporter
     else:
-        export_state = export_task(spec, return_state=True)
-        export = export_state.result()
-        if export_state.name == "Cached":
-            if Path(export.onnx_path).is_file():
-                export = dataclasses.replace(export, cached=True, export_s=0.0)
-            else:  # the cache folder was cleaned since: export again
-                export = export_task.with_options(refresh_cache=True)(spec)
-    lap("export", start)
-    cache["export"] = {"fp32": bool(export.cached)}
-    logger.info("export: %s (%s)", export.onnx_path, "cached" if export.cached else f"{export.export_s:.1f} s")
+        export = cached_export(spec)
+    run.hit("export", "fp32", export.cached)
+    get_run_logger().info("export: %s (%s)", export.onnx_path, "cached" if export.cached else f"{export.export_s:.1f} s")
+    return spec, export, selection
 
-    start = time.perf_counter()
-    fp32 = _variant_record(
-        "fp32",
-        "fp32",
-        export.onnx_path,
-        export.size_bytes,
-        export.model_sha256,
-        export.opset,
-        quantization=None,
-        op_counts=None,
+
+def _validated(spec: PipelineSpec, record: VariantRecord, out: Path, run: RunLog, reference_onnx: str | None = None) -> VariantRecord:
+    """Validate ``record``'s model (against PyTorch, gated; or against ``reference_onnx``, reported)."""
+    report = str(out / f"validation-{record.name}.json")
+    kwargs = {} if reference_onnx is None else {"reference_onnx": reference_onnx}
+    result = run.run("validate", record.name, validate_task, spec, record.path, report_path=report, intact=report_restored(report), **kwargs)
+    record.validation = Validation.model_validate(result)
+    return record
+
+
+def _fp32_variant(spec: PipelineSpec, export: ExportResult, selection: dict | None, out: Path, run: RunLog) -> VariantRecord:
+    record = VariantRecord(
+        name="fp32", kind="fp32", path=export.onnx_path, size_bytes=export.size_bytes, sha256=export.model_sha256, opset=export.opset,
         lineage={"parent": f"checkpoint:{export.checkpoint_sha256}", "step": f"export:{export.exporter}", "cached": export.cached},
         export_selection=selection,
     )
-    report = str(out / "validation-fp32.json")
-    fp32["validation"] = cached("validate", "fp32", validate_task, spec, export.onnx_path, report_path=report, intact=_report_restored(report))
-    lap("validate", start)
-    variants = [fp32]
-    parent = fp32  # the FP32 model every quantized variant is built from
+    return _validated(spec, record, out, run)
 
-    if spec.optimization is not None:
-        opt_spec = spec.optimization
-        start = time.perf_counter()
-        opt = cached(
-            "optimize",
-            "fp32-optimized",
-            optimize_task,
-            export.onnx_path,
-            str(out / "variants" / "fp32-optimized.onnx"),
-            model_type=opt_spec.model_type,
-            num_heads=opt_spec.num_heads,
-            hidden_size=opt_spec.hidden_size,
-            opt_level=opt_spec.opt_level,
-            require=dict(opt_spec.require) or None,
-            intact=lambda r: files_intact({r.path: r.sha256}),
+
+def _optimized_variant(spec: PipelineSpec, export: ExportResult, out: Path, run: RunLog) -> VariantRecord:
+    """ONNX Runtime's transformer optimizer on the FP32 model; gated against PyTorch like the export
+    (a fusion that breaks parity fails the run)."""
+    o = spec.optimization
+    with run.timed("optimize"):
+        opt = run.run(
+            "optimize", "fp32-optimized", optimize_task, export.onnx_path, str(out / "variants" / "fp32-optimized.onnx"),
+            model_type=o.model_type, num_heads=o.num_heads, hidden_size=o.hidden_size, opt_level=o.opt_level,
+            require=dict(o.require) or None, intact=lambda r: files_intact({r.path: r.sha256}),
         )
-        lap("optimize", start)
-        start = time.perf_counter()
-        parent = _variant_record(
-            "fp32-optimized",
-            "fp32",
-            opt.path,
-            opt.size_bytes,
-            opt.sha256,
-            export.opset,
-            quantization=None,
-            op_counts=None,
+    with run.timed("validate"):
+        record = VariantRecord(
+            name="fp32-optimized", kind="fp32", path=opt.path, size_bytes=opt.size_bytes, sha256=opt.sha256, opset=export.opset,
             fusions=opt.fusions,
             optimization={
-                "model_type": opt.model_type,
-                "num_heads": opt.num_heads,
-                "hidden_size": opt.hidden_size,
-                "opt_level": opt.opt_level,
-                "nodes_before": opt.nodes_before,
-                "nodes_after": opt.nodes_after,
-                "onnxruntime_version": opt.onnxruntime_version,
-                "optimize_s": opt.optimize_s,
+                "model_type": opt.model_type, "num_heads": opt.num_heads, "hidden_size": opt.hidden_size, "opt_level": opt.opt_level,
+                "nodes_before": opt.nodes_before, "nodes_after": opt.nodes_after,
+                "onnxruntime_version": opt.onnxruntime_version, "optimize_s": opt.optimize_s,
             },
             lineage={"parent": "fp32", "parent_sha256": export.model_sha256, "step": f"optimize:{opt.model_type}"},
         )
-        # Gated against PyTorch, like the export: a fusion that breaks parity fails the run.
-        report = str(out / "validation-fp32-optimized.json")
-        parent["validation"] = cached(
-            "validate", "fp32-optimized", validate_task, spec, opt.path, report_path=report, intact=_report_restored(report)
-        )
-        lap("validate", start)
-        variants.append(parent)
-        logger.info("optimize: %s, fusions %s", opt.path, opt.fusions)
+        _validated(spec, record, out, run)
+    get_run_logger().info("optimize: %s, fusions %s", opt.path, opt.fusions)
+    return record
 
-    for vspec in spec.quantization:
-        start = time.perf_counter()
-        base = fp32 if vspec.parent == "fp32" else parent  # default: the optimized model when there is one
-        q = cached(
-            "quantize",
-            vspec.name,
-            quantize_task,
-            spec,
-            vspec,
-            base["path"],
-            str(out / "variants"),
-            parent=base["name"],
+
+def _quantized_variant(spec: PipelineSpec, vspec: Any, base: VariantRecord, opset: int, out: Path, run: RunLog) -> VariantRecord:
+    """Quantize ``base`` as ``vspec`` says; validated against ``base`` (reported, not gated)."""
+    with run.timed("quantize"):
+        q = run.run(
+            "quantize", vspec.name, quantize_task, spec, vspec, base.path, str(out / "variants"), parent=base.name,
             intact=lambda r: files_intact({r.onnx_path: r.sha256}),
         )
-        lap("quantize", start)
-        start = time.perf_counter()
-        record = _variant_record(
-            q.name,
-            q.kind,
-            q.onnx_path,
-            q.size_bytes,
-            q.sha256,
-            export.opset,
-            quantization=q.settings,
-            op_counts=q.op_counts,
-            lineage={"parent": base["name"], "parent_sha256": base["sha256"], "step": f"quantize_{vspec.mode}"},
+    with run.timed("validate"):
+        record = VariantRecord(
+            name=q.name, kind=q.kind, path=q.onnx_path, size_bytes=q.size_bytes, sha256=q.sha256, opset=opset,
+            quantization=q.settings, op_counts=q.op_counts,
+            lineage={"parent": base.name, "parent_sha256": base.sha256, "step": f"quantize_{vspec.mode}"},
         )
-        report = str(out / f"validation-{q.name}.json")
-        record["validation"] = cached(
-            "validate", q.name, validate_task, spec, q.onnx_path, reference_onnx=base["path"], report_path=report,
-            intact=_report_restored(report),
-        )
-        lap("validate", start)
-        variants.append(record)
+        return _validated(spec, record, out, run, reference_onnx=base.path)
 
-    if spec.evaluation is not None:
-        start = time.perf_counter()
-        predictions_kept = lambda r: files_intact({r["predictions_path"]: None})  # noqa: E731
-        reference = cached("evaluate", "fp32", evaluate_task, spec, fp32["path"], "fp32", str(out), intact=predictions_kept)
-        fp32["evaluation"] = reference
-        for record in variants[1:]:
-            if record["validation"]["passed"]:
-                record["evaluation"] = cached(
-                    "evaluate", record["name"], evaluate_task, spec, record["path"], record["name"], str(out),
-                    reference=reference, intact=predictions_kept,
-                )
-        lap("evaluate", start)
 
-    search = None  # accuracy-aware quantization search (tasks/search.py): its winner joins the variants
-    if spec.search is not None:
-        from tasks.search import run_search
+def _evaluate(spec: PipelineSpec, variants: list[VariantRecord], out: Path, run: RunLog) -> None:
+    """Evaluate FP32 (the reference) and every variant that passed validation, gated on the drop."""
 
-        start = time.perf_counter()
-        winner, search = run_search(spec, variants, str(out))
-        if winner is not None:
-            variants.append(winner)
-        lap("search", start)
+    def predictions_kept(r: dict[str, Any]) -> bool:
+        return files_intact({r["predictions_path"]: None})
 
-    # Benchmarks share this host's cores: one target at a time, variants interleaved in rounds.
-    start = time.perf_counter()
-    models = {r["name"]: r["path"] for r in variants if r["validation"]["passed"]}
-    progress_id = create_progress_artifact(0.0, key=f"{_artifact_key(spec)}-benchmark-progress", description="Benchmarks done")
+    fp32 = variants[0]
+    reference = run.run("evaluate", "fp32", evaluate_task, spec, fp32.path, "fp32", str(out), intact=predictions_kept)
+    fp32.evaluation = Evaluation.model_validate(reference)
+    for record in variants[1:]:
+        if record.validation.passed:
+            result = run.run(
+                "evaluate", record.name, evaluate_task, spec, record.path, record.name, str(out), reference=reference, intact=predictions_kept
+            )
+            record.evaluation = Evaluation.model_validate(result)
+
+
+def _benchmark(spec: PipelineSpec, spec_path: str, variants: list[VariantRecord], out: Path, run: RunLog, rebenchmark: bool) -> None:
+    """Benchmark every validated variant on every target: one target at a time (they share this
+    host's cores), variants interleaved in rounds; a target with a ``work_pool`` is measured by a
+    worker of that pool (:mod:`flows.remote_benchmark`)."""
+    models = {r.name: r.path for r in variants if r.validation.passed}
+    progress = benchmark_progress(spec)
     for i, target in enumerate(spec.targets):
-        if target.work_pool is not None:  # benchmarked by a worker of that pool (flows/remote_benchmark.py)
-            results = remote_benchmark_task(
-                str(Path(spec_path).resolve()), target, models, benchmark_samples_path(spec), str(out / "benchmarks" / target.name)
-            )
+        folder = str(out / "benchmarks" / target.name)
+        if target.work_pool is not None:
+            results = remote_benchmark_task(str(Path(spec_path).resolve()), target, models, benchmark_samples_path(spec), folder)
         else:
-            results, hit = _cached(
-                benchmark_target_task,
-                spec,
-                target,
-                models,
-                benchmark_samples_path(spec),
-                str(out / "benchmarks" / target.name),
-                on_progress=lambda f, i=i: update_progress_artifact(progress_id, 100.0 * (i + f) / len(spec.targets)),
-                intact=_latencies_kept,
-                refresh=rebenchmark,
+            results = run.run(
+                "benchmark", target.name, benchmark_target_task, spec, target, models, benchmark_samples_path(spec), folder,
+                on_progress=lambda f, i=i: progress((i + f) / len(spec.targets)), intact=latencies_kept, refresh=rebenchmark,
             )
-            cache.setdefault("benchmark", {})[target.name] = hit
         for record in variants:
-            record["benchmarks"] += results.get(record["name"], [])
-        create_table_artifact(
-            table=[{"variant": name, **_bench_row(b)} for name, entries in results.items() for b in entries],
-            key=f"{_artifact_key(spec)}-benchmark-{_slug(target.name)}",
-            description=f"Benchmarks on target {target.name} ({', '.join(target.providers)})",
-        )
-    lap("benchmark", start)
+            record.benchmarks += [BenchmarkEntry.model_validate(b) for b in results.get(record.name, [])]
+        publish_benchmarks(spec, target, results)
 
-    for record in variants:
-        record["passed"] = bool(
-            record["validation"]["passed"]
-            and (record["evaluation"] is None or record["evaluation"]["passed"])
-            and select_primary_benchmark(record, spec) is not None
-        )
-    if search is not None and search["winner"] is None:  # no configuration meets the budget: register nothing
-        for record in variants:
-            record["passed"] = False
-            record["not_registered"] = "search: no configuration meets the quality budget"
 
-    start = time.perf_counter()
-    info = {"id": str(flow_run.id), "name": flow_run.name, "url": flow_run.ui_url} if flow_run.id else None
-    summary = {
-        "spec": str(Path(spec_path).resolve()),
-        "name": spec.name,
-        "registration": "pending",
-        "mlflow_run_id": None,
-        "mlflow_run_url": None,
-        "mlflow_experiment_id": None,
-        "tracking_uri": uri,
-        "registered_model": spec.registry.registered_model,
-        "prefect_flow_run": info,
-        "variants": variants,
-        "challenger": None,
-        "plots": [],
-        "cache": cache,
-        "timings_s": timings,
-    }
-    summary["search"] = search
-    # Persist locally first: an MLflow outage past the retry window loses nothing, and the
-    # re-run reuses the registration id to clean up after the failed attempt.
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    pending = write_pending_registration(out, spec, spec_path, variants, uri, flow_run=info)
+def _register(spec: PipelineSpec, spec_path: str, summary: RunSummary, out: Path) -> None:
+    """Persist the results locally first (``summary.json`` pending, ``registration-pending.json``), so an
+    MLflow outage past the retry window loses nothing and the re-run reuses the registration id to
+    clean up after the failed attempt; then register (retrying transient MLflow errors)."""
+    _write(summary, out)
+    variants = _dicts(summary.variants)
+    info = summary.prefect_flow_run.model_dump() if summary.prefect_flow_run else None
+    pending = write_pending_registration(out, spec, spec_path, variants, summary.tracking_uri, flow_run=info)
     retry = spec.registry.retry
     try:
         registration = with_retry_window(register_task, retry)(
-            spec, spec_path, variants, uri, str(out), flow_run=info, registration_id=pending["registration_id"]
+            spec, spec_path, variants, summary.tracking_uri, str(out), flow_run=info, registration_id=pending["registration_id"]
         )
     except RegistryUnavailable as exc:
         raise RegistryUnavailable(
@@ -501,38 +316,23 @@ def pipeline(
             f"({out / 'registration-pending.json'}); re-run to resume from the cached steps. Last error: {exc}"
         ) from exc
     clear_pending_registration(out)
-    lap("register", start)
-    for record in variants:
-        record["model_version"] = registration["versions"].get(record["name"])
-    summary.update(
-        registration="done",
-        mlflow_run_id=registration["mlflow_run_id"],
-        mlflow_run_url=registration.get("run_url"),
-        mlflow_experiment_id=registration["experiment_id"],
-        challenger=registration["challenger"],
-    )
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    if search is not None:  # trials as nested runs, sensitivity and pareto plots under search/
-        from tasks.search import log_search_task
+    for record in summary.variants:
+        record.model_version = registration["versions"].get(record.name)
+    summary.registration = "done"
+    summary.mlflow_run_id = registration["mlflow_run_id"]
+    summary.mlflow_run_url = registration.get("run_url")
+    summary.mlflow_experiment_id = registration["experiment_id"]
+    summary.challenger = Challenger.model_validate(registration["challenger"]) if registration["challenger"] else None
+    _write(summary, out)
 
-        try:
-            log_search_task(uri, registration["mlflow_run_id"], search)
-        except RegistryError as exc:
-            logger.warning("search not logged to MLflow: %s", exc)
-    start = time.perf_counter()
+
+@contextmanager
+def _soft_fail(what: str, *errors: type[Exception]):
+    """After registration, an MLflow failure of a secondary step is a warning, not a failed run."""
     try:
-        summary["plots"] = with_retry_window(report_task, retry)(spec, variants, str(out), uri, registration["mlflow_run_id"])
-    except RegistryUnavailable as exc:  # registered already: the plots stay local (output_dir/plots)
-        logger.warning("plots not logged to MLflow (past the retry window): %s", exc)
-    lap("report", start)
-
-    timings["total"] = round(time.perf_counter() - t0, 3)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    _publish_artifacts(spec, summary)
-    logger.info("summary: %s", out / "summary.json")
-    if summary["challenger"]:
-        _emit_completed(spec, summary)
-    return summary
+        yield
+    except errors as exc:
+        get_run_logger().warning("%s: %s", what, exc)
 
 
 def _emit_completed(spec: PipelineSpec, summary: dict[str, Any]) -> None:

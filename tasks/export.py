@@ -33,7 +33,22 @@ from edgeport.spec import PipelineSpec, spec_digest
 
 logger = logging.getLogger("edgeport.export")
 
-__all__ = ["EXAMPLE_BATCH", "ExportResult", "check_forward", "check_opset_supported", "export_cache_key", "export_model"]
+__all__ = [
+    "EXAMPLE_BATCH",
+    "EXPORTERS",
+    "ExportResult",
+    "check_forward",
+    "check_opset_supported",
+    "compare_exports",
+    "export_cache_key",
+    "export_model",
+    "export_task",
+    "new_candidate",
+    "no_valid_export",
+    "select_export",
+    "selection_benchmark_spec",
+    "with_exporter",
+]
 
 @dataclass(frozen=True)
 class ExportResult:
@@ -248,9 +263,44 @@ def with_exporter(spec: PipelineSpec, exporter: str) -> PipelineSpec:
     return spec.model_copy(update={"export": spec.export.model_copy(update={"exporter": exporter})})
 
 
+def new_candidate() -> dict:
+    """The comparison entry of one exporter before it ran: ``{"onnx_path", "valid", "error", "p50_ms",
+    "export_s", "cached"}`` (all None / False)."""
+    return {"onnx_path": None, "valid": False, "error": None, "p50_ms": None, "export_s": None, "cached": None}
+
+
+def selection_benchmark_spec(spec: PipelineSpec) -> PipelineSpec:
+    """The spec the exporters are benchmarked with: the primary batch size only."""
+    primary = spec.benchmark.primary
+    return spec.model_copy(update={"benchmark": spec.benchmark.model_copy(update={"batch_sizes": [primary], "primary_batch_size": None})})
+
+
+def no_valid_export(candidates: dict[str, dict]) -> ExportError:
+    """The error of ``export.exporter: auto`` when no exporter produced a valid model (lists each one's error)."""
+    return ExportError("export.exporter auto: no exporter produced a valid model: " + "; ".join(
+        f"{e}: {c['error']}" for e, c in candidates.items()))
+
+
+def compare_exports(candidates: dict[str, dict], measured: dict[str, list[dict]]) -> str:
+    """Fill each valid candidate's ``p50_ms`` (ms, from its benchmark entry when ``ok``) and return the
+    selected exporter: the lowest p50, or the first valid one when none was measured ok.
+
+    Args:
+        candidates: exporter -> :func:`new_candidate` entry (``valid`` set); at least one valid.
+        measured: exporter -> benchmark entries (:func:`tasks.benchmark.benchmark_target`), one batch size.
+    """
+    for exporter, entries in measured.items():
+        candidates[exporter]["p50_ms"] = entries[0]["p50_ms"] if entries[0]["status"] == "ok" else None
+    timed = {e: c["p50_ms"] for e, c in candidates.items() if c["valid"] and c["p50_ms"] is not None}
+    selected = min(timed, key=timed.get) if timed else next(e for e, c in candidates.items() if c["valid"])
+    logger.info("export.exporter auto: %s selected (p50 ms: %s)", selected, timed)
+    return selected
+
+
 def select_export(spec: PipelineSpec, output_dir: str | Path, cache_dir: str | Path | None = None) -> tuple[ExportResult, dict]:
-    """``export.exporter: auto``: export with every exporter, validate each against PyTorch, and keep
-    the fastest valid one.
+    """``export.exporter: auto`` without Prefect (the pipeline runs :func:`flows.export.select_export_flow`,
+    the same steps as Prefect tasks): export with every exporter, validate each against PyTorch, and
+    keep the fastest valid one (:func:`compare_exports`).
 
     Speed: p50 (ms) on the spec's first target at the primary batch size, measured with
     :func:`tasks.benchmark.benchmark_target` (interleaved rounds, same settings as the pipeline's
@@ -270,8 +320,7 @@ def select_export(spec: PipelineSpec, output_dir: str | Path, cache_dir: str | P
     results: dict[str, ExportResult] = {}
     for exporter in EXPORTERS:
         variant_spec = with_exporter(spec, exporter)
-        entry: dict = {"onnx_path": None, "valid": False, "error": None, "p50_ms": None, "export_s": None, "cached": None}
-        candidates[exporter] = entry
+        entry = candidates[exporter] = new_candidate()
         try:
             result = export_model(variant_spec, cache_dir)
             entry.update(onnx_path=result.onnx_path, export_s=result.export_s, cached=result.cached)
@@ -283,24 +332,17 @@ def select_export(spec: PipelineSpec, output_dir: str | Path, cache_dir: str | P
         entry["valid"] = True
         results[exporter] = result
     if not results:
-        raise ExportError("export.exporter auto: no exporter produced a valid model: " + "; ".join(
-            f"{e}: {c['error']}" for e, c in candidates.items()))
-    primary = spec.benchmark.primary
-    bench_spec = spec.model_copy(update={"benchmark": spec.benchmark.model_copy(update={"batch_sizes": [primary], "primary_batch_size": None})})
+        raise no_valid_export(candidates)
     measured = benchmark_target(
-        bench_spec, spec.targets[0], {e: r.onnx_path for e, r in results.items()}, benchmark_samples_path(spec), Path(output_dir) / "export-selection"
+        selection_benchmark_spec(spec), spec.targets[0], {e: r.onnx_path for e, r in results.items()},
+        benchmark_samples_path(spec), Path(output_dir) / "export-selection",
     )
-    for exporter, entries in measured.items():
-        candidates[exporter]["p50_ms"] = entries[0]["p50_ms"] if entries[0]["status"] == "ok" else None
-    timed = {e: c["p50_ms"] for e, c in candidates.items() if c["valid"] and c["p50_ms"] is not None}
-    selected = min(timed, key=timed.get) if timed else next(iter(results))
-    logger.info("export.exporter auto: %s selected (p50 ms: %s)", selected, timed)
+    selected = compare_exports(candidates, measured)
     return results[selected], {"selected": selected, "candidates": candidates}
 
 
 # --- Prefect wrapper -------------------------------------------------------------------------
 from prefect import task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 
 def _export_task_cache_key(context: object, parameters: dict) -> str | None:
@@ -326,6 +368,3 @@ export_task = task(
     retries=0,
 )
 
-
-#: ``exporter: auto``: exports (each cached), validation and a short benchmark of every exporter.
-select_export_task = task(select_export, name="select-export", retries=0, cache_policy=NO_CACHE)

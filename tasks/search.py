@@ -6,7 +6,7 @@ methods, per-channel, activation / weight types, QDQ / QOperator, reduce_range, 
 (``max_trials``, ``max_wall_time_s``). The quality budget is the ``evaluation`` gate
 (``max_drop`` for top1, ``min_cosine`` for cosine).
 
-Strategy (:func:`plan_trials` and :func:`run_search`):
+Strategy (:func:`plan_trials`; driven by the subflow :func:`flows.search.search_flow`):
 
 1. **Sensitivity** (:mod:`tasks.sensitivity`) of the *base* configuration (the first value of
    every space list): a ranking of the nodes by how much quality their quantization costs.
@@ -42,44 +42,51 @@ Files: ``<output>/search/``: ``search.json`` (the summary), ``trials.json``, ``s
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+from mlflow.entities import Metric, Param, RunTag
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from edgeport.errors import (
     EdgeportError,
-    RegistryError,
-    RegistryUnavailable,
 )
-from edgeport.files import file_sha256
 from edgeport.home import edgeport_home
+from edgeport.records import Evaluation, SearchProvenance, Validation, VariantRecord
 from edgeport.registry import (
     DEFAULT_RETRY,
     flatten_params,
-    is_transient,
+    map_mlflow_errors,
     with_retry_window,
 )
 from edgeport.spec import PipelineSpec, QuantizationVariantSpec, spec_digest
+from mlflow import MlflowClient
 
 logger = logging.getLogger("edgeport.search")
 
 __all__ = [
     "SPACE_KEYS",
     "calibrate_task",
+    "configurations",
+    "exclusions",
     "log_search",
     "log_search_task",
     "plan_trials",
     "plot_pareto",
-    "run_search",
+    "quality_of",
+    "quality_threshold",
+    "search_cache_dir",
     "select_winner",
     "sensitivity_task",
+    "settings_hash",
+    "trial_rows",
     "trial_task",
+    "trial_variant",
+    "winner_record",
 ]
 
 #: Trial settings from the space: (space field, QuantizationVariantSpec field).
@@ -99,7 +106,8 @@ def search_cache_dir() -> Path:
     return edgeport_home() / "cache" / "search"
 
 
-def _settings_hash(settings: dict[str, Any]) -> str:
+def settings_hash(settings: dict[str, Any]) -> str:
+    """The first 12 hex digits of the settings' digest: a trial's id is ``trial-<settings_hash>``."""
     return spec_digest(settings)[:12]
 
 
@@ -123,7 +131,8 @@ def plan_trials(config: dict[str, Any], ks: list[int], k_min: int | None) -> lis
     return ordered[max(0, i - 1):]
 
 
-def _variant(config: dict[str, Any], name: str, nodes_to_exclude: list[str]) -> QuantizationVariantSpec:
+def trial_variant(config: dict[str, Any], name: str, nodes_to_exclude: list[str]) -> QuantizationVariantSpec:
+    """The static quantization variant of one configuration, with ``nodes_to_exclude`` left in float."""
     return QuantizationVariantSpec(
         name=name,
         mode="static",
@@ -207,7 +216,7 @@ def run_trial(
     from tasks.quantize import quantize_variant
 
     config = {k: v for k, v in trial["settings"].items() if k != "exclude_top_k"}
-    variant = _variant(config, trial["trial_id"], trial["nodes_to_exclude"])
+    variant = trial_variant(config, trial["trial_id"], trial["nodes_to_exclude"])
     q = quantize_variant(spec, variant, fp32_path, work_dir, parent=parent, calibration_cache=calibration_cache)
     start = time.perf_counter()
     evaluation = evaluate_model(spec, q.onnx_path, trial["trial_id"], Path(work_dir) / "evaluation", reference=reference)
@@ -252,22 +261,6 @@ trial_task = task(
     retry_condition_fn=_retry_unless_deterministic,
     task_run_name="search-trial-{trial[trial_id]}",
 )
-
-
-def _call_cached(task_obj: Any, check_path: str, **kwargs: Any) -> tuple[Any, bool]:
-    """Run a cached task; (result, cached). A cached result whose file is gone is recomputed.
-
-    Raises:
-        the task's exception when it failed.
-    """
-    state = task_obj(**kwargs, return_state=True)
-    result = state.result()
-    cached = state.name == "Cached"
-    path = result.get(check_path) if isinstance(result, dict) else None
-    if cached and path and not Path(path).is_file():
-        result = task_obj.with_options(refresh_cache=True)(**kwargs)
-        cached = False
-    return result, cached
 
 
 # --------------------------------------------------------------------------- selection
@@ -349,20 +342,12 @@ def plot_pareto(summary: dict[str, Any], path: str | Path) -> str | None:
     return str(path)
 
 
-# --------------------------------------------------------------------------- the search
+# --------------------------------------------------------------------------- records
 
 
-def _in_prefect_run() -> bool:
-    from prefect.context import FlowRunContext, TaskRunContext
-
-    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in text.lower())
-
-
-def _threshold(spec: PipelineSpec, reference: dict[str, Any]) -> float:
+def quality_threshold(spec: PipelineSpec, reference: dict[str, Any]) -> float:
+    """The quality budget: ``min_cosine`` for cosine; for top1 the FP32 ``reference`` value minus
+    ``max_drop`` (not below ``min_value`` when set)."""
     ev = spec.evaluation
     if ev.metric == "cosine":
         return ev.min_cosine
@@ -394,300 +379,39 @@ def trial_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def run_search(spec: PipelineSpec, variants: list[dict[str, Any]], output_dir: str | Path) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    """Run the search of ``spec.search`` (see the module docs) inside the pipeline flow.
+def winner_record(name: str, winner: dict[str, Any], parent: dict[str, Any], search_id: str, num_trials: int, output_dir: Path) -> VariantRecord:
+    """The search winner's variant record: its model copied to ``<output_dir>/variants/<name>.onnx``,
+    kind ``static_int8``, its quantization settings (with ``exclude_top_k`` and the ``search``
+    provenance), its evaluation and its validation against ``parent`` (the FP32 model it was built from).
 
     Args:
-        spec: the pipeline spec with a ``search`` section (and ``calibration``, ``evaluation``).
-        variants: the pipeline's variant records so far; ``fp32`` (and ``fp32-optimized``) must be
-            validated and ``fp32`` evaluated (its evaluation is the reference of the gate).
-        output_dir: the pipeline's output folder; the search writes into ``<output_dir>/search``.
-
-    Returns:
-        ``(record, summary)``: the winner's variant record (name ``search.name``, kind
-        ``static_int8``, with ``quantization``, ``evaluation``, ``validation`` and ``search``
-        provenance ``{search_id, trial_id, settings_hash, num_trials}``), or None when no trial
-        passed; the summary (``search.json``): ``search_id``, ``objective``, ``metric``,
-        ``quality_threshold``, ``sensitivity`` (paths, probes, top nodes), ``calibrations``
-        (computed in this run; cached ones not counted) and ``calibrations_cached``, ``trials``
-        (every trial's settings, quality, p50, status, cached), ``references`` (FP32 p50 and
-        quality), ``pareto`` (trial ids), ``winner``, ``stopped`` (why the trial loop ended),
-        ``elapsed_s``, ``files``.
+        winner: the winning trial record (``path``, ``sha256``, ``quantization``, ``settings``,
+            ``evaluation``, ``validation``, ``op_counts``, ``trial_id``, ``settings_hash``).
+        parent: the parent's variant record (dict).
 
     Raises:
-        SpecError: no search section.
-        QuantizationError, DataError: the base configuration cannot be calibrated or quantized.
+        OSError: the trial model cannot be copied.
     """
-    from edgeport.errors import SpecError
-    from tasks.benchmark import benchmark_target_task
-    from tasks.quantize import preprocess
-    from tasks.sensitivity import write_report
-    from tasks.validate import validate_task
-
-    search = spec.search
-    if search is None:
-        raise SpecError("run_search: the spec has no `search` section")
-    t0 = time.perf_counter()
-    out = Path(output_dir) / "search"
-    out.mkdir(parents=True, exist_ok=True)
-    by_name = {v["name"]: v for v in variants}
-    parent_name = search.parent or ("fp32-optimized" if "fp32-optimized" in by_name else "fp32")
-    parent = by_name[parent_name]
-    reference = by_name["fp32"]["evaluation"]
-    if reference is None:
-        raise SpecError("run_search: the fp32 variant has no evaluation (the spec needs an `evaluation` section)")
-    cal, ev = spec.calibration, spec.evaluation
-    data_key = {
-        "parent_sha256": parent["sha256"],
-        "calibration": cal.model_dump(mode="json"),
-        "calibration_sha256": file_sha256(cal.dataset),
-    }
-    work = search_cache_dir() / spec_digest(data_key)[:16]
-    work.mkdir(parents=True, exist_ok=True)
-    eval_key = {"evaluation": ev.model_dump(mode="json"), "sha256": file_sha256(ev.dataset), "reference": reference["value"]}
-    search_id = spec_digest({**data_key, "evaluation": eval_key, "search": search.model_dump(mode="json")})[:12]
-    target = next(t for t in spec.targets if t.name == (search.objective.target or spec.targets[0].name))
-    batch = search.objective.batch_size or spec.benchmark.primary
-    pre = preprocess(parent["path"], work / f"{parent_name}-preprocessed.onnx")
-
-    calibrations: dict[str, str] = {}
-    counts = {"computed": 0, "cached": 0}
-
-    def calibration_for(config: dict[str, Any]) -> str:
-        ops = config["op_types_to_quantize"]
-        ckey = spec_digest({"work": str(work), "method": config["calibration_method"], "ops": ops, **data_key})[:16]
-        if ckey not in calibrations:
-            path = str(work / f"calibration-{config['calibration_method']}-{ckey}.json")
-            result, cached = _call_cached(
-                calibrate_task, "cache_path", spec=spec, pre_path=pre, cache_path=path,
-                method=config["calibration_method"], op_types=ops, key=f"edgeport-search-calibrate-{ckey}",
-            )
-            counts["cached" if cached else "computed"] += 1
-            calibrations[ckey] = result["cache_path"]
-        return calibrations[ckey]
-
-    configs = configurations(spec)
-    base_config = configs[0]
-    base = _variant(base_config, "sensitivity-base", [])
-    skey = spec_digest({"work": str(work), "base": base.model_dump(mode="json"), "sens": search.sensitivity.model_dump(mode="json"), "eval": eval_key})[:16]
-    sens = sensitivity_task(
-        spec=spec, base=base, fp32_path=parent["path"], parent=parent_name, work_dir=str(work),
-        calibration_cache=calibration_for(base_config), key=f"edgeport-search-sensitivity-{skey}",
-    )
-    sens_files = write_report(sens, out)
-    ranking = sens["ranking"]
-
-    trials: list[dict[str, Any]] = []
-    stopped = "space exhausted"
-
-    def limit_reached() -> str | None:
-        if len(trials) >= search.max_trials:
-            return f"max_trials ({search.max_trials})"
-        if time.perf_counter() - t0 > search.max_wall_time_s:
-            return f"max_wall_time_s ({search.max_wall_time_s:g} s)"
-        return None
-
-    def attempt(config: dict[str, Any], k: int, phase: int) -> bool | None:
-        """Run one trial; True/False = passed the gate or not; None = a limit stopped it."""
-        if limit_reached() is not None:
-            return None
-        nodes = exclusions(ranking, config, k)
-        settings = {**config, "exclude_top_k": k}
-        shash = _settings_hash({**settings, "nodes_to_exclude": nodes})
-        trial = {"trial_id": f"trial-{shash}", "settings": settings, "nodes_to_exclude": nodes}
-        if any(t["trial_id"] == trial["trial_id"] for t in trials):  # k beyond the ranking: same exclusions
-            return next(t["passed_quality"] for t in trials if t["trial_id"] == trial["trial_id"])
-        record = {**trial, "settings_hash": shash, "phase": phase, "index": len(trials), "p50_ms": None, "benchmark": None}
-        try:
-            cache = calibration_for(config)
-            tkey = spec_digest({"work": str(work), "trial": trial, "eval": eval_key})[:24]
-            result, cached = _call_cached(
-                trial_task, "path", spec=spec, trial=trial, fp32_path=parent["path"], parent=parent_name,
-                work_dir=str(work), calibration_cache=cache, reference=reference, key=f"edgeport-search-trial-{tkey}",
-            )
-            passed = bool(result["evaluation"]["passed"])
-            record.update(result, cached=cached, passed_quality=passed, status="passed" if passed else "failed_quality", error=None)
-        except Exception as exc:  # noqa: BLE001 - a broken configuration is a result, not the end of the search
-            passed = False
-            record.update(cached=False, passed_quality=False, status="error", error=f"{type(exc).__name__}: {exc}"[:500], evaluation=None)
-            logger.warning("search trial %s failed: %s", trial["trial_id"], record["error"])
-        trials.append(record)
-        logger.info(
-            "search trial %s (phase %d, k=%d, %s): %s %s", record["trial_id"], phase, k,
-            {k2: v for k2, v in config.items()}, record["status"], quality_of(record),
-        )
-        return passed
-
-    ks = list(search.space.exclude_top_k)
-    k_min = None
-    for k in plan_trials(base_config, ks, None):  # phase 1: exclude the worst nodes until the budget is met
-        passed = attempt(base_config, k, 1)
-        if passed is None:
-            stopped = limit_reached() or stopped
-            break
-        if passed:
-            k_min = k
-            break
-    for config in configs[1:]:  # phase 2: the rest of the space
-        if limit_reached():
-            stopped = limit_reached()
-            break
-        for k in plan_trials(config, ks, k_min):
-            passed = attempt(config, k, 2)
-            if passed is None or passed:
-                break
-    stopped = limit_reached() or stopped
-
-    # Benchmarks: every passing trial with the FP32 reference(s), interleaved on the objective target.
-    # FP32 (the speed reference) and the hand-written variants that passed their gates (the search
-    # result must be no slower than them), all in the same interleaved sweep as the trials.
-    references = [
-        v for v in variants
-        if (v.get("validation") or {}).get("passed") and (v["kind"] == "fp32" or (v.get("evaluation") or {}).get("passed"))
-    ]
-    passing = [t for t in trials if t["passed_quality"]]
-    bench_results: dict[str, list[dict[str, Any]]] = {}
-    if passing:
-        bspec = spec.model_copy(update={"benchmark": spec.benchmark.model_copy(update={"batch_sizes": [batch], "primary_batch_size": None})})
-        models = {r["name"]: r["path"] for r in references} | {t["trial_id"]: t["path"] for t in passing}
-        bench_results = benchmark_target_task(bspec, target, models, _samples(spec), str(out / "benchmarks"))
-    for t in passing:
-        entry = (bench_results.get(t["trial_id"]) or [None])[0]
-        t["benchmark"] = entry
-        t["p50_ms"] = entry["p50_ms"] if entry and entry.get("status") == "ok" else None
-    refs = []
-    for r in references:
-        entry = (bench_results.get(r["name"]) or [None])[0]
-        ev_r = r.get("evaluation") or (reference if r["name"] == "fp32" else None)
-        refs.append({
-            "name": r["name"],
-            "kind": r["kind"],
-            "p50_ms": entry["p50_ms"] if entry and entry.get("status") == "ok" else None,
-            "quality": (ev_r or {}).get("value"),
-        })
-
-    # The fastest passing trial whose model also passes validation against its FP32 parent.
-    ranked = sorted([t for t in passing if t["p50_ms"] is not None], key=lambda t: t["p50_ms"])
-    _, pareto = select_winner(trials)
-    winner, record = None, None
-    for cand in ranked:
-        validation = validate_task(spec, cand["path"], reference_onnx=parent["path"], report_path=str(out / f"validation-{cand['trial_id']}.json"))
-        cand["validation"] = validation
-        if validation["passed"]:
-            winner = cand
-            break
-        logger.warning("search: trial %s is fastest but failed validation; trying the next", cand["trial_id"])
-
-    fastest_fp32 = min((r["p50_ms"] for r in refs if r["p50_ms"] is not None and r["kind"] == "fp32"), default=None)
-    handwritten = [r["p50_ms"] for r in refs if r["p50_ms"] is not None and r["kind"] != "fp32"]
-    summary: dict[str, Any] = {
-        "search_id": search_id,
-        "name": search.name,
-        "parent": parent_name,
-        "objective": {"target": target.name, "batch_size": batch, "statistic": "p50_ms"},
-        "metric": ev.metric,
-        "quality_threshold": _threshold(spec, reference),
-        "work_dir": str(work),
-        "sensitivity": {
-            "probes": sens["probes"], "candidates": sens["candidates"], "num_samples": sens["num_samples"],
-            "analysis_s": sens["analysis_s"], "top": [r["node"] for r in ranking[:10]], **sens_files,
-        },
-        "calibrations": counts["computed"],
-        "calibrations_cached": counts["cached"],
-        "trials": [{k: v for k, v in t.items() if k not in ("validation",)} for t in trials],
-        "references": refs,
-        "pareto": pareto,
-        "winner": None,
-        "stopped": stopped,
-        "elapsed_s": None,
-    }
-    if winner is not None:
-        speedup = (fastest_fp32 / winner["p50_ms"]) if fastest_fp32 else None
-        summary["winner"] = {
-            "trial_id": winner["trial_id"], "settings_hash": winner["settings_hash"], "p50_ms": winner["p50_ms"],
-            "quality": quality_of(winner), "speedup_vs_fastest_fp32": speedup,
-            "speedup_vs_fastest_handwritten": (min(handwritten) / winner["p50_ms"]) if handwritten else None,
-            "settings": winner["settings"],
-            "nodes_to_exclude": winner["nodes_to_exclude"],
-        }
-        record = _winner_record(spec, search.name, winner, parent, summary, len(trials), Path(output_dir))
-    summary["elapsed_s"] = round(time.perf_counter() - t0, 3)
-    plot = plot_pareto(summary, out / "pareto.png")
-    (out / "trials.json").write_text(json.dumps(trial_rows(summary), indent=2))
-    summary["files"] = {
-        "summary": str(out / "search.json"), "trials": str(out / "trials.json"), "pareto_plot": plot,
-        "sensitivity_json": sens_files["json"], "sensitivity_plot": sens_files["plot"],
-    }
-    (out / "search.json").write_text(json.dumps(summary, indent=2, default=str))
-    if _in_prefect_run():
-        _publish(spec, summary, ranking)
-    if winner is None:
-        logger.warning("search: no configuration meets the budget (%d trials, %s); nothing will be registered", len(trials), stopped)
-    else:
-        logger.info("search: winner %s, p50 %.4f ms, %s %.5f (%d trials)", winner["trial_id"], winner["p50_ms"], ev.metric, quality_of(winner), len(trials))
-    return record, summary
-
-
-def _samples(spec: PipelineSpec) -> str | None:
-    from edgeport.data import benchmark_samples_path
-
-    return benchmark_samples_path(spec)
-
-
-def _winner_record(
-    spec: PipelineSpec, name: str, winner: dict[str, Any], parent: dict[str, Any], summary: dict[str, Any], num_trials: int, output_dir: Path
-) -> dict[str, Any]:
     folder = output_dir / "variants"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.onnx"
     shutil.copyfile(winner["path"], path)
-    provenance = {
-        "search_id": summary["search_id"],
-        "trial_id": winner["trial_id"],
-        "settings_hash": winner["settings_hash"],
-        "num_trials": num_trials,
-    }
-    return {
-        "name": name,
-        "kind": "static_int8",
-        "path": str(path.resolve()),
-        "size_bytes": path.stat().st_size,
-        "sha256": winner["sha256"],
-        "opset": parent.get("opset"),
-        "passed": False,
-        "validation": winner["validation"],
-        "evaluation": winner["evaluation"],
-        "benchmarks": [],
-        "model_version": None,
-        "quantization": {**winner["quantization"], "name": name, "exclude_top_k": winner["settings"]["exclude_top_k"], "search": provenance},
-        "op_counts": winner["op_counts"],
-        "lineage": {"parent": parent["name"], "parent_sha256": parent["sha256"], "step": "search"},
-        "search": provenance,
-    }
-
-
-def _publish(spec: PipelineSpec, summary: dict[str, Any], ranking: list[dict[str, Any]]) -> None:
-    """Prefect table artifacts: the sensitivity ranking and the trials."""
-    from prefect.artifacts import create_table_artifact
-
-    key = "edgeport-" + _slug(spec.name)
-
-    def r(x: Any) -> Any:
-        return None if x is None else round(float(x), 6)
-
-    create_table_artifact(
-        table=[
-            {"rank": row["rank"], "node": row["node"], "op_type": row["op_type"], "impact_nsr": r(row["impact"]),
-             f"{summary['metric']}_impact": r(row["metric_impact"]), "measured_alone": row["measured"], "group": row["group"]}
-            for row in ranking[:50]
-        ],
-        key=f"{key}-sensitivity",
-        description=f"Sensitivity of the base INT8 configuration ({summary['sensitivity']['probes']} probes): impact = noise-to-signal ratio removed by keeping the node in float",
+    provenance = SearchProvenance(
+        search_id=search_id, trial_id=winner["trial_id"], settings_hash=winner["settings_hash"], num_trials=num_trials
     )
-    create_table_artifact(
-        table=trial_rows(summary),
-        key=f"{key}-search-trials",
-        description=f"Quantization search {summary['search_id']}: winner {(summary['winner'] or {}).get('trial_id', 'none')}",
+    return VariantRecord(
+        name=name,
+        kind="static_int8",
+        path=str(path.resolve()),
+        size_bytes=path.stat().st_size,
+        sha256=winner["sha256"],
+        opset=parent.get("opset"),
+        validation=Validation.model_validate(winner["validation"]),
+        evaluation=Evaluation.model_validate(winner["evaluation"]),
+        quantization={**winner["quantization"], "name": name, "exclude_top_k": winner["settings"]["exclude_top_k"], "search": provenance.model_dump()},
+        op_counts=winner["op_counts"],
+        lineage={"parent": parent["name"], "parent_sha256": parent["sha256"], "step": "search"},
+        search=provenance,
     )
 
 
@@ -708,13 +432,9 @@ def log_search(tracking_uri: str, run_id: str, summary: dict[str, Any]) -> int:
         RegistryUnavailable: MLflow unreachable (transient: the task retries).
         RegistryError: MLflow refused a write.
     """
-    from mlflow.entities import Metric, Param, RunTag
-
-    from mlflow import MlflowClient
-
     client = MlflowClient(tracking_uri)
     created = 0
-    try:
+    with map_mlflow_errors(f"logging the search to MLflow run {run_id}", tracking_uri, wrap_all=True):
         parent = client.get_run(run_id)
         exp = parent.info.experiment_id
         done = {
@@ -760,9 +480,6 @@ def log_search(tracking_uri: str, run_id: str, summary: dict[str, Any]) -> int:
             }.items() if v is not None],
             tags=[RunTag("edgeport.search.id", summary["search_id"]), RunTag("edgeport.search.winner", (summary["winner"] or {}).get("trial_id") or "none")],
         )
-    except Exception as exc:
-        error = RegistryUnavailable if is_transient(exc) else RegistryError
-        raise error(f"logging the search to MLflow run {run_id} at {tracking_uri} failed: {exc}") from exc
     return created
 
 

@@ -98,6 +98,31 @@ def test_summary_json_follows_the_contract(e2e):
     assert challenger["variant"] == min(p50, key=p50.get)
 
 
+#: The keys of summary.json and of its variant records before the records were typed (edgeport/records.py).
+SUMMARY_KEYS = [
+    "spec", "name", "registration", "mlflow_run_id", "mlflow_run_url", "mlflow_experiment_id", "tracking_uri",
+    "registered_model", "prefect_flow_run", "variants", "challenger", "plots", "cache", "timings_s", "search",
+]
+VARIANT_KEYS = [
+    "name", "kind", "path", "size_bytes", "sha256", "opset", "passed", "validation", "evaluation", "benchmarks",
+    "model_version", "quantization", "op_counts", "lineage",
+]
+
+
+def test_summary_json_validates_against_the_published_schema_with_the_same_keys(e2e):
+    import jsonschema
+
+    from edgeport.records import RunSummary, summary_json_schema
+
+    text = (e2e["root"] / "out1" / "summary.json").read_text()
+    summary = json.loads(text)
+    jsonschema.validate(summary, summary_json_schema())
+    assert list(summary) == SUMMARY_KEYS
+    assert [list(v) for v in summary["variants"]] == [VARIANT_KEYS + ["export_selection"], VARIANT_KEYS, VARIANT_KEYS]
+    assert list(summary["variants"][0]["validation"])[:3] == ["passed", "reference", "gated"]
+    assert json.dumps(RunSummary.model_validate(summary).model_dump(), indent=2, default=str) == text
+
+
 def test_openvino_target_binds_its_ep_and_marks_what_it_cannot_load(e2e):
     if not openvino_env_ready():
         pytest.skip("OpenVINO env missing: run `edgeport targets setup openvino` (make install does)")

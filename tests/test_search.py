@@ -249,7 +249,7 @@ def test_resumed_search_reuses_cached_trials(digits_search):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
-        FlowRunFilterId,
+        FlowRunFilterParentFlowRunId,
         TaskRunFilter,
         TaskRunFilterName,
     )
@@ -261,11 +261,48 @@ def test_resumed_search_reuses_cached_trials(digits_search):
     assert second["winner"]["trial_id"] in {t["trial_id"] for t in second["trials"] if t["passed_quality"]}
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[digits_search["second"]["prefect_flow_run"]["id"]])),
+            # the trials run in the search subflow: a child flow run of the pipeline run
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[digits_search["second"]["prefect_flow_run"]["id"]])),
             task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="search-trial-")),
         )
     assert len(runs) == len(second["trials"])
     assert {r.state.name for r in runs} == {"Cached"}
+
+
+@pytest.mark.slow
+def test_search_runs_as_a_child_flow_run_of_the_pipeline(digits_search):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterParentTaskRunId,
+        TaskRunFilter,
+        TaskRunFilterName,
+    )
+
+    pipeline_id = digits_search["first"]["prefect_flow_run"]["id"]
+    with get_client(sync_client=True) as client:
+        parent_tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[pipeline_id])))
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_task_run_id=FlowRunFilterParentTaskRunId(any_=[t.id for t in parent_tasks]))
+        )
+        names = {c.id: client.read_flow(c.flow_id).name for c in children}
+        search_runs = [c for c in children if names[c.id] == "edgeport-search"]
+        assert len(search_runs) == 1, sorted(names.values())
+        child = search_runs[0]
+        parent_task = next(t for t in parent_tasks if t.id == child.parent_task_run_id)
+        assert str(parent_task.flow_run_id) == pipeline_id
+        assert child.name == "search-digits-cnn" and child.state.is_completed()
+        trials = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[child.id])),
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="search-trial-")),
+        )
+        in_pipeline = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[pipeline_id])),
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="search-trial-")),
+        )
+    assert len(trials) == len(digits_search["first"]["search"]["trials"]) > 0  # the trials run in the child
+    assert in_pipeline == []  # not flattened into the pipeline run
 
 
 # --------------------------------------------------------------------------- no passing trial

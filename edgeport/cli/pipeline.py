@@ -15,7 +15,6 @@ from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from edgeport.cli.common import console, err_console, fail, quiet_tracebacks
 from edgeport.errors import EdgeportError
@@ -25,6 +24,8 @@ from edgeport.home import (
     default_tracking_uri,
     edgeport_home,
 )
+from edgeport.records import RunSummary, summary_json_schema
+from edgeport.render import search_line, summary_table
 from edgeport.runtime_env import configure_runtime_env
 from edgeport.targets import ENV_SETUP_VAR
 
@@ -32,59 +33,14 @@ EXIT_OK, EXIT_ERROR, EXIT_NO_CHALLENGER = 0, 1, 2
 
 
 def print_summary(summary: dict) -> None:
-    """Render the variants of a summary as a rich table; the metric columns are named after
-    the evaluation metric (``top-1`` / ``drop pp``, ``cosine`` / ``cosine drop``)."""
-    table = Table(title=f"edgeport: {summary.get('name', '')}")
-    metric = next((v["evaluation"]["metric"] for v in summary["variants"] if v.get("evaluation")), "top1")
-    top1 = metric == "top1"
-    value_col, drop_col = ("top-1", "drop pp") if top1 else (metric, f"{metric} drop")
-    cols = ("variant", "kind", "size KB", "valid", value_col, drop_col, "target", "batch", "status", "p50 ms", "p99 ms", "samples/s", "passed", "version")
-    for col in cols:
-        table.add_column(col, justify="left" if col in ("variant", "kind", "target", "status") else "right")
-
-    def number(x: float | None, fmt: str) -> str:
-        return "-" if x is None or x != x else format(x, fmt)  # x != x: NaN
-
-    for v in summary["variants"]:
-        ev = v.get("evaluation") or {}
-        rows = v["benchmarks"] or [None]
-        for i, bench in enumerate(rows):
-            first = i == 0
-            measured = bench is not None and bench.get("p50_ms") is not None
-            table.add_row(
-                v["name"] if first else "",
-                v["kind"] if first else "",
-                f"{v['size_bytes'] / 1024:.1f}" if first else "",
-                ("yes" if (v.get("validation") or {}).get("passed") else "NO") if first else "",
-                (number(ev.get("value"), ".4f") if ev else "-") if first else "",
-                (
-                    (number(100 * ev["drop"], ".2f") if top1 else number(ev["drop"], ".4f")) if ev and ev.get("drop") is not None else "-"
-                ) if first else "",
-                bench["target"] if bench else "-",
-                str(bench["batch_size"]) if bench else "-",
-                bench["status"] if bench else "-",
-                f"{bench['p50_ms']:.3f}" if measured else "-",
-                f"{bench['p99_ms']:.3f}" if measured else "-",
-                f"{bench['throughput']:.0f}" if measured else "-",
-                ("yes" if v["passed"] else "no") if first else "",
-                str(v.get("model_version") or "-") if first else "",
-            )
-    console.print(table)
-    search = summary.get("search")
-    if search:  # the quantization search (tasks/search.py)
-        won = search.get("winner")
-        console.print(
-            f"search {search['search_id']}: {len(search['trials'])} trials ({search['stopped']}); "
-            + (
-                f"winner {won['trial_id']} as {search['name']} ({search['metric']} {won['quality']:.4f}, p50 {won['p50_ms']:.3f} ms)"
-                if won
-                else "[yellow]no configuration meets the quality budget[/]"
-            ),
-            soft_wrap=True,
-        )
-    ch = summary.get("challenger")
+    """Print the variants of a summary (:func:`edgeport.render.summary_table`), the search and the challenger."""
+    record = RunSummary.model_validate(summary)
+    console.print(summary_table(record))
+    if record.search:  # the quantization search (flows/search.py)
+        console.print(search_line(record.search), soft_wrap=True)
+    ch = record.challenger
     if ch:
-        console.print(f"[green]challenger[/]: {summary['registered_model']} version {ch['version']} ({ch['variant']})")
+        console.print(f"[green]challenger[/]: {record.registered_model} version {ch.version} ({ch.variant})")
     else:
         console.print(f"[yellow]no variant passed its gates: nothing registered[/] ({escape(why_nothing_passed(summary))})", soft_wrap=True)
 
@@ -178,11 +134,14 @@ def validate_spec(spec: Annotated[Path, typer.Argument(help="Pipeline spec (YAML
     err_console.print(f"[green]valid[/]: {spec}")
 
 
-def schema() -> None:
-    """Print the JSON schema of the pipeline spec."""
+def schema(
+    summary: Annotated[bool, typer.Option("--summary", help="The schema of summary.json instead of the spec's.")] = False,
+) -> None:
+    """Print the JSON schema of the pipeline spec (or, with --summary, of summary.json)."""
     from edgeport.spec import PipelineSpec
 
-    sys.stdout.write(json.dumps(PipelineSpec.model_json_schema(), indent=2) + "\n")
+    document = summary_json_schema() if summary else PipelineSpec.model_json_schema()
+    sys.stdout.write(json.dumps(document, indent=2) + "\n")
 
 
 def home() -> None:

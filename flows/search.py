@@ -1,0 +1,296 @@
+"""The accuracy-aware quantization search as a subflow of the pipeline (a child flow run in the Prefect UI).
+
+This module drives the search's Prefect tasks; the strategy, the trial task and the pure planning
+and selection code are in :mod:`tasks.search` (read its module docs first):
+
+1. calibrate once per (method, op-type set) and rank the nodes by sensitivity (cached tasks);
+2. phase 1 and phase 2 trials (:func:`tasks.search.plan_trials`), each a cached
+   :data:`tasks.search.trial_task`, until the space or a limit (``max_trials``, ``max_wall_time_s``)
+   is exhausted;
+3. benchmark the passing trials with the references in one interleaved sweep;
+4. the fastest passing trial that also validates against its FP32 parent wins
+   (:func:`tasks.search.winner_record`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from edgeport.data import benchmark_samples_path
+from edgeport.errors import SpecError
+from edgeport.files import file_sha256
+from edgeport.prefect_context import in_prefect_run
+from edgeport.records import VariantRecord, primary_benchmark
+from edgeport.spec import PipelineSpec, spec_digest
+from flows.artifacts import publish_search
+from flows.caching import run_cached
+from tasks.benchmark import benchmark_target_task
+from tasks.quantize import preprocess
+from tasks.search import (
+    calibrate_task,
+    configurations,
+    exclusions,
+    plan_trials,
+    plot_pareto,
+    quality_of,
+    quality_threshold,
+    search_cache_dir,
+    select_winner,
+    sensitivity_task,
+    settings_hash,
+    trial_rows,
+    trial_task,
+    trial_variant,
+    winner_record,
+)
+from tasks.sensitivity import write_report
+from tasks.validate import validate_task
+
+__all__ = ["search_flow"]
+
+
+class _Calibrations:
+    """Calibration caches, computed once per (method, op-type set) by the cached ``calibrate_task``."""
+
+    def __init__(self, spec: PipelineSpec, pre: str, work: Path, data_key: dict[str, Any]) -> None:
+        self.spec, self.pre, self.work, self.data_key = spec, pre, work, data_key
+        self.paths: dict[str, str] = {}
+        self.computed = self.cached = 0
+
+    def for_config(self, config: dict[str, Any]) -> str:
+        ops, method = config["op_types_to_quantize"], config["calibration_method"]
+        ckey = spec_digest({"work": str(self.work), "method": method, "ops": ops, **self.data_key})[:16]
+        if ckey not in self.paths:
+            path = str(self.work / f"calibration-{method}-{ckey}.json")
+            result, cached = run_cached(
+                calibrate_task, spec=self.spec, pre_path=self.pre, cache_path=path, method=method, op_types=ops,
+                key=f"edgeport-search-calibrate-{ckey}", intact=lambda r: Path(r["cache_path"]).is_file(),
+            )
+            if cached:
+                self.cached += 1
+            else:
+                self.computed += 1
+            self.paths[ckey] = result["cache_path"]
+        return self.paths[ckey]
+
+
+def _run_trials(spec: PipelineSpec, ranking: list[dict[str, Any]], run_trial: Any, t0: float) -> tuple[list[dict[str, Any]], str]:
+    """Phase 1 then phase 2 (see :mod:`tasks.search`); returns (trial records, why the loop stopped)."""
+    search = spec.search
+    trials: list[dict[str, Any]] = []
+    stopped = "space exhausted"
+
+    def limit_reached() -> str | None:
+        if len(trials) >= search.max_trials:
+            return f"max_trials ({search.max_trials})"
+        if time.perf_counter() - t0 > search.max_wall_time_s:
+            return f"max_wall_time_s ({search.max_wall_time_s:g} s)"
+        return None
+
+    def attempt(config: dict[str, Any], k: int, phase: int) -> bool | None:
+        """Run one trial; True/False = passed the gate or not; None = a limit stopped it."""
+        if limit_reached() is not None:
+            return None
+        nodes = exclusions(ranking, config, k)
+        settings = {**config, "exclude_top_k": k}
+        shash = settings_hash({**settings, "nodes_to_exclude": nodes})
+        trial = {"trial_id": f"trial-{shash}", "settings": settings, "nodes_to_exclude": nodes}
+        done = next((t for t in trials if t["trial_id"] == trial["trial_id"]), None)
+        if done is not None:  # k beyond the ranking: same exclusions
+            return done["passed_quality"]
+        record = {**trial, "settings_hash": shash, "phase": phase, "index": len(trials), "p50_ms": None, "benchmark": None}
+        record.update(run_trial(trial, config))
+        trials.append(record)
+        get_run_logger().info(
+            "search trial %s (phase %d, k=%d, %s): %s %s", record["trial_id"], phase, k, config, record["status"], quality_of(record)
+        )
+        return record["passed_quality"]
+
+    configs = configurations(spec)
+    ks = list(search.space.exclude_top_k)
+    k_min = None
+    for k in plan_trials(configs[0], ks, None):  # phase 1: exclude the worst nodes until the budget is met
+        passed = attempt(configs[0], k, 1)
+        if passed is None:
+            stopped = limit_reached() or stopped
+            break
+        if passed:
+            k_min = k
+            break
+    for config in configs[1:]:  # phase 2: the rest of the space
+        if limit_reached():
+            stopped = limit_reached()
+            break
+        for k in plan_trials(config, ks, k_min):
+            passed = attempt(config, k, 2)
+            if passed is None or passed:
+                break
+    return trials, limit_reached() or stopped
+
+
+@flow(name="edgeport-search", flow_run_name="search-{spec.name}", description="Accuracy-aware quantization search: the fastest static INT8 configuration within the quality budget.")
+def search_flow(spec: PipelineSpec, variants: list[dict[str, Any]], output_dir: str) -> tuple[VariantRecord | None, dict[str, Any]]:
+    """Run the search of ``spec.search`` (see :mod:`tasks.search`) as a child flow run of the pipeline.
+
+    Args:
+        spec: the pipeline spec with a ``search`` section (and ``calibration``, ``evaluation``).
+        variants: the pipeline's variant records so far (dicts); ``fp32`` (and ``fp32-optimized``)
+            must be validated and ``fp32`` evaluated (its evaluation is the reference of the gate).
+        output_dir: the pipeline's output folder; the search writes into ``<output_dir>/search``.
+
+    Returns:
+        ``(record, summary)``: the winner's :class:`edgeport.records.VariantRecord` (name
+        ``search.name``, kind ``static_int8``, with ``search`` provenance), or None when no trial
+        passed; the summary (``search.json``, docs/spec.md): ``search_id``, ``objective``,
+        ``metric``, ``quality_threshold``, ``sensitivity``, ``calibrations`` (computed in this run)
+        and ``calibrations_cached``, ``trials``, ``references``, ``pareto``, ``winner``,
+        ``stopped``, ``elapsed_s``, ``files``.
+
+    Raises:
+        SpecError: no search section, or no FP32 evaluation.
+        QuantizationError, DataError: the base configuration cannot be calibrated or quantized.
+    """
+    logger = get_run_logger()
+    search = spec.search
+    if search is None:
+        raise SpecError("search: the spec has no `search` section")
+    t0 = time.perf_counter()
+    out = Path(output_dir) / "search"
+    out.mkdir(parents=True, exist_ok=True)
+    by_name = {v["name"]: v for v in variants}
+    parent_name = search.parent or ("fp32-optimized" if "fp32-optimized" in by_name else "fp32")
+    parent = by_name[parent_name]
+    reference = by_name["fp32"]["evaluation"]
+    if reference is None:
+        raise SpecError("search: the fp32 variant has no evaluation (the spec needs an `evaluation` section)")
+    cal, ev = spec.calibration, spec.evaluation
+    data_key = {"parent_sha256": parent["sha256"], "calibration": cal.model_dump(mode="json"), "calibration_sha256": file_sha256(cal.dataset)}
+    work = search_cache_dir() / spec_digest(data_key)[:16]
+    work.mkdir(parents=True, exist_ok=True)
+    eval_key = {"evaluation": ev.model_dump(mode="json"), "sha256": file_sha256(ev.dataset), "reference": reference["value"]}
+    search_id = spec_digest({**data_key, "evaluation": eval_key, "search": search.model_dump(mode="json")})[:12]
+    target = next(t for t in spec.targets if t.name == (search.objective.target or spec.targets[0].name))
+    batch = search.objective.batch_size or spec.benchmark.primary
+    calibrations = _Calibrations(spec, preprocess(parent["path"], work / f"{parent_name}-preprocessed.onnx"), work, data_key)
+
+    # Sensitivity of the base configuration (the first value of every space list).
+    base_config = configurations(spec)[0]
+    base = trial_variant(base_config, "sensitivity-base", [])
+    skey = spec_digest({"work": str(work), "base": base.model_dump(mode="json"), "sens": search.sensitivity.model_dump(mode="json"), "eval": eval_key})[:16]
+    sens = sensitivity_task(
+        spec=spec, base=base, fp32_path=parent["path"], parent=parent_name, work_dir=str(work),
+        calibration_cache=calibrations.for_config(base_config), key=f"edgeport-search-sensitivity-{skey}",
+    )
+    sens_files = write_report(sens, out)
+    ranking = sens["ranking"]
+
+    def run_trial(trial: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+        """Quantize + evaluate one trial (cached task); a broken configuration is a result, not the end of the search."""
+        try:
+            calibration_cache = calibrations.for_config(config)
+            tkey = spec_digest({"work": str(work), "trial": trial, "eval": eval_key})[:24]
+            result, cached = run_cached(
+                trial_task, spec=spec, trial=trial, fp32_path=parent["path"], parent=parent_name, work_dir=str(work),
+                calibration_cache=calibration_cache, reference=reference, key=f"edgeport-search-trial-{tkey}",
+                intact=lambda r: Path(r["path"]).is_file(),
+            )
+        except Exception as exc:  # noqa: BLE001
+            error = f"{type(exc).__name__}: {exc}"[:500]
+            logger.warning("search trial %s failed: %s", trial["trial_id"], error)
+            return {"cached": False, "passed_quality": False, "status": "error", "error": error, "evaluation": None}
+        passed = bool(result["evaluation"]["passed"])
+        return {**result, "cached": cached, "passed_quality": passed, "status": "passed" if passed else "failed_quality", "error": None}
+
+    trials, stopped = _run_trials(spec, ranking, run_trial, t0)
+
+    # Every passing trial benchmarked on the objective target with the FP32 reference(s) and the
+    # hand-written variants that passed their gates (the search must be no slower), interleaved.
+    references = [
+        v for v in variants
+        if (v.get("validation") or {}).get("passed") and (v["kind"] == "fp32" or (v.get("evaluation") or {}).get("passed"))
+    ]
+    passing = [t for t in trials if t["passed_quality"]]
+    bench_results: dict[str, list[dict[str, Any]]] = {}
+    if passing:
+        bspec = spec.model_copy(update={"benchmark": spec.benchmark.model_copy(update={"batch_sizes": [batch], "primary_batch_size": None})})
+        models = {r["name"]: r["path"] for r in references} | {t["trial_id"]: t["path"] for t in passing}
+        bench_results = benchmark_target_task(bspec, target, models, benchmark_samples_path(spec), str(out / "benchmarks"))
+
+    def objective_p50(name: str) -> float | None:
+        entry = primary_benchmark({"benchmarks": bench_results.get(name) or []}, spec, target=target.name, batch_size=batch)
+        return None if entry is None else entry["p50_ms"]
+
+    for t in passing:
+        t["benchmark"] = (bench_results.get(t["trial_id"]) or [None])[0]
+        t["p50_ms"] = objective_p50(t["trial_id"])
+    refs = [
+        {
+            "name": r["name"], "kind": r["kind"], "p50_ms": objective_p50(r["name"]),
+            "quality": (r.get("evaluation") or (reference if r["name"] == "fp32" else None) or {}).get("value"),
+        }
+        for r in references
+    ]
+
+    # The fastest passing trial whose model also passes validation against its FP32 parent.
+    _, pareto = select_winner(trials)
+    winner = None
+    for cand in sorted([t for t in passing if t["p50_ms"] is not None], key=lambda t: t["p50_ms"]):
+        cand["validation"] = validate_task(spec, cand["path"], reference_onnx=parent["path"], report_path=str(out / f"validation-{cand['trial_id']}.json"))
+        if cand["validation"]["passed"]:
+            winner = cand
+            break
+        logger.warning("search: trial %s is fastest but failed validation; trying the next", cand["trial_id"])
+
+    fastest_fp32 = min((r["p50_ms"] for r in refs if r["p50_ms"] is not None and r["kind"] == "fp32"), default=None)
+    handwritten = [r["p50_ms"] for r in refs if r["p50_ms"] is not None and r["kind"] != "fp32"]
+    summary: dict[str, Any] = {
+        "search_id": search_id,
+        "name": search.name,
+        "parent": parent_name,
+        "objective": {"target": target.name, "batch_size": batch, "statistic": "p50_ms"},
+        "metric": ev.metric,
+        "quality_threshold": quality_threshold(spec, reference),
+        "work_dir": str(work),
+        "sensitivity": {
+            "probes": sens["probes"], "candidates": sens["candidates"], "num_samples": sens["num_samples"],
+            "analysis_s": sens["analysis_s"], "top": [r["node"] for r in ranking[:10]], **sens_files,
+        },
+        "calibrations": calibrations.computed,
+        "calibrations_cached": calibrations.cached,
+        "trials": [{k: v for k, v in t.items() if k != "validation"} for t in trials],
+        "references": refs,
+        "pareto": pareto,
+        "winner": None,
+        "stopped": stopped,
+        "elapsed_s": None,
+    }
+    record = None
+    if winner is not None:
+        summary["winner"] = {
+            "trial_id": winner["trial_id"], "settings_hash": winner["settings_hash"], "p50_ms": winner["p50_ms"],
+            "quality": quality_of(winner), "speedup_vs_fastest_fp32": (fastest_fp32 / winner["p50_ms"]) if fastest_fp32 else None,
+            "speedup_vs_fastest_handwritten": (min(handwritten) / winner["p50_ms"]) if handwritten else None,
+            "settings": winner["settings"],
+            "nodes_to_exclude": winner["nodes_to_exclude"],
+        }
+        record = winner_record(search.name, winner, parent, search_id, len(trials), Path(output_dir))
+    summary["elapsed_s"] = round(time.perf_counter() - t0, 3)
+    plot = plot_pareto(summary, out / "pareto.png")
+    (out / "trials.json").write_text(json.dumps(trial_rows(summary), indent=2))
+    summary["files"] = {
+        "summary": str(out / "search.json"), "trials": str(out / "trials.json"), "pareto_plot": plot,
+        "sensitivity_json": sens_files["json"], "sensitivity_plot": sens_files["plot"],
+    }
+    (out / "search.json").write_text(json.dumps(summary, indent=2, default=str))
+    if in_prefect_run():
+        publish_search(spec, summary, ranking)
+    if winner is None:
+        logger.warning("search: no configuration meets the budget (%d trials, %s); nothing will be registered", len(trials), stopped)
+    else:
+        logger.info("search: winner %s, p50 %.4f ms, %s %.5f (%d trials)", winner["trial_id"], winner["p50_ms"], ev.metric, quality_of(winner), len(trials))
+    return record, summary
