@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
-from edgeport.errors import DataError
+from edgeport.data import iter_batches
+from edgeport.errors import DataError, RuntimeLoadError
 
 logger = logging.getLogger("edgeport.fidelity")
 
@@ -189,11 +191,6 @@ def embed_onnx(
         RuntimeLoadError: ONNX Runtime cannot load the model.
         DataError: an input the model needs is missing from ``arrays``.
     """
-    import onnxruntime as ort
-
-    from edgeport.data import iter_batches
-    from edgeport.errors import RuntimeLoadError
-
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = intra_op_num_threads
     opts.log_severity_level = 3

@@ -10,6 +10,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectNotFound
+
 __all__ = ["ensure_concurrency_limit", "hold_slot"]
 
 
@@ -19,10 +24,6 @@ def ensure_concurrency_limit(name: str, limit: int = 1) -> None:
     Two runs racing to create it are fine: the loser's create error is ignored and it reads
     the winner's limit. Needs a Prefect API (a server, the ephemeral one, or the test harness).
     """
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectNotFound
-
     with get_client(sync_client=True) as client:
         try:
             client.read_global_concurrency_limit_by_name(name)
@@ -45,8 +46,6 @@ def hold_slot(name: str, lease_duration_s: float, timeout_s: float | None = None
     Raises:
         TimeoutError: the slot stayed taken for ``timeout_s`` seconds (Prefect's own error).
     """
-    from prefect.concurrency.sync import concurrency
-
     ensure_concurrency_limit(name, limit=1)
     with concurrency(name, occupy=1, timeout_seconds=timeout_s, lease_duration=lease_duration_s, strict=strict):
         yield

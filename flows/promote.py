@@ -18,6 +18,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from edgeport.limits import hold_slot
 from edgeport.registry import resolve_tracking_uri
 from edgeport.spec import PromotionSpec, load_spec
 from tasks.promote import promote_task, rollback_task
@@ -42,8 +43,6 @@ def promotion_lock(registered_model: str, timeout_s: float | None = 600.0) -> It
     Raises:
         TimeoutError: the slot stayed taken for ``timeout_s`` seconds (Prefect's own error).
     """
-    from edgeport.limits import hold_slot
-
     # strict: never run unserialised if the limit could not be created
     with hold_slot(promotion_limit_name(registered_model), lease_duration_s=LEASE_S, timeout_s=timeout_s, strict=True):
         yield

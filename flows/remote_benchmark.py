@@ -24,7 +24,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
+from prefect.states import Cancelled
 
 from edgeport.errors import BenchmarkError, SpecError
 from edgeport.spec import TargetSpec, load_spec
@@ -125,11 +129,6 @@ def run_remote_benchmark(
         BenchmarkError: no deployment for the pool (run ``edgeport deploy``), no worker picked the
             run up in time (the run is then cancelled), or the remote run failed.
     """
-    from prefect.client.orchestration import get_client
-    from prefect.deployments import run_deployment
-    from prefect.exceptions import ObjectNotFound
-    from prefect.states import Cancelled
-
     pool = target.work_pool
     if pool is None:
         raise BenchmarkError(f"target {target.name!r} names no work_pool: benchmark it locally")

@@ -38,6 +38,7 @@ from prefect.cache_policies import NO_CACHE
 
 from edgeport import runner as _runner
 from edgeport.errors import DataError, TargetError
+from edgeport.limits import hold_slot
 from edgeport.prefect_context import in_prefect_run
 from edgeport.processes import signal_group
 from edgeport.spec import PipelineSpec, TargetSpec
@@ -51,6 +52,7 @@ from edgeport.targets import (
     runtime_info,
     setup_command,
 )
+from tasks import cache as _cache
 
 __all__ = [
     "RUNNER_PATH",
@@ -352,7 +354,6 @@ def _one_benchmark_per_host():
     if not in_prefect_run():
         yield
         return
-    from edgeport.limits import hold_slot
 
     with hold_slot(host_concurrency_limit(), lease_duration_s=300.0):
         yield
@@ -510,8 +511,6 @@ def _benchmark_target_cache_key(context: object, parameters: dict) -> str | None
     A re-run that resumes after a failure reuses the measurements; a scheduled re-benchmark
     must not: the flow's ``rebenchmark=True`` runs it with ``refresh_cache=True``.
     """
-    from tasks import cache as _cache
-
     spec: PipelineSpec = parameters["spec"]
     target: TargetSpec = parameters["target"]
     env = resolve_target(target, check_env=False).env

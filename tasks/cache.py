@@ -21,9 +21,14 @@ they were deleted or changed (:func:`files_intact`).
 from __future__ import annotations
 
 import threading
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import onnx
+import onnxruntime
+
+import edgeport
 from edgeport.files import file_sha256
 from edgeport.spec import PipelineSpec, spec_digest
 
@@ -86,19 +91,12 @@ def data_digests(spec: PipelineSpec) -> dict[str, str | None]:
 def library_versions(torch: bool = False, nncf: bool = False) -> dict[str, str]:
     """Versions of the libraries that shape a step's result (``torch`` for steps that run PyTorch,
     ``nncf`` for NNCF-built variants; its version read from package metadata, no import)."""
-    import onnx
-    import onnxruntime
-
-    import edgeport
-
     versions = {"edgeport": edgeport.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
     if torch:
         import torch as _torch
 
         versions["torch"] = _torch.__version__
     if nncf:
-        from importlib.metadata import version
-
         versions["nncf"] = version("nncf")
     return versions
 

@@ -115,8 +115,6 @@ def optimize_transformer(
         OptimizationError: the optimizer failed; ``require`` names a fusion that applied
             fewer times than asked (the message lists the fusions found).
     """
-    import onnx
-    import onnxruntime
     from onnxruntime.transformers.optimizer import optimize_model
 
     fp32_path, output_path = Path(fp32_path), Path(output_path)
@@ -180,6 +178,8 @@ def result_dict(result: OptimizeResult) -> dict[str, Any]:
 
 
 # --- Prefect wrapper -------------------------------------------------------------------------
+import onnx
+import onnxruntime
 from prefect import task  # noqa: E402
 
 from tasks import cache as _cache  # noqa: E402

@@ -45,6 +45,7 @@ import itertools
 import logging
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,8 @@ from mlflow.entities import Metric, Param, RunTag
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from edgeport.calibration import write_calibration_cache
+from edgeport.data import load_input_arrays
 from edgeport.errors import (
     EdgeportError,
 )
@@ -65,6 +68,10 @@ from edgeport.registry import (
 )
 from edgeport.spec import PipelineSpec, QuantizationVariantSpec, spec_digest
 from mlflow import MlflowClient
+from tasks.evaluate import evaluate_model
+from tasks.quantize import quantize_variant
+from tasks.report import pareto_front
+from tasks.sensitivity import analyze_sensitivity
 
 logger = logging.getLogger("edgeport.search")
 
@@ -165,11 +172,6 @@ def calibrate(spec: PipelineSpec, pre_path: str, cache_path: str, method: str, o
     Raises:
         DataError, QuantizationError: see :func:`edgeport.calibration.write_calibration_cache`.
     """
-    from dataclasses import asdict
-
-    from edgeport.calibration import write_calibration_cache
-    from edgeport.data import load_input_arrays
-
     cal = spec.calibration
     arrays = load_input_arrays(cal.dataset, spec.inputs, "calibration.dataset", cal.num_samples)
     Path(cache_path).unlink(missing_ok=True)
@@ -184,8 +186,6 @@ def sensitivity(
     spec: PipelineSpec, base: QuantizationVariantSpec, fp32_path: str, parent: str, work_dir: str, calibration_cache: str, key: str
 ) -> dict[str, Any]:
     """:func:`tasks.sensitivity.analyze_sensitivity` (the Prefect task caches it on ``key``)."""
-    from tasks.sensitivity import analyze_sensitivity
-
     return analyze_sensitivity(spec, base, fp32_path, parent, work_dir, calibration_cache, spec.search.sensitivity)
 
 
@@ -212,9 +212,6 @@ def run_trial(
     Raises:
         QuantizationError, DataError, RuntimeLoadError: the trial cannot be built or run.
     """
-    from tasks.evaluate import evaluate_model
-    from tasks.quantize import quantize_variant
-
     config = {k: v for k, v in trial["settings"].items() if k != "exclude_top_k"}
     variant = trial_variant(config, trial["trial_id"], trial["nodes_to_exclude"])
     q = quantize_variant(spec, variant, fp32_path, work_dir, parent=parent, calibration_cache=calibration_cache)
@@ -285,8 +282,6 @@ def select_winner(trials: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, 
         benchmarked trial dominates (p50 <= and quality >=, one strictly:
         :func:`tasks.report.pareto_front`), fastest first.
     """
-    from tasks.report import pareto_front
-
     timed = [t for t in trials if t.get("p50_ms") is not None and quality_of(t) is not None]
     front = pareto_front([(t["p50_ms"], quality_of(t)) for t in timed])
     passing = [t for t in timed if t.get("passed_quality")]
