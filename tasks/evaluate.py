@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from prefect import task
 
 from edgeport.data import (
     iter_batches,
@@ -32,6 +33,7 @@ from edgeport.data import (
 )
 from edgeport.errors import DataError, SpecError
 from edgeport.spec import PipelineSpec
+from tasks import cache as _cache
 from tasks.validate import ort_session
 
 logger = logging.getLogger("edgeport.evaluate")
@@ -177,9 +179,7 @@ def _evaluate_cosine(
 
 
 # --- Prefect wrapper -------------------------------------------------------------------------
-from prefect import task  # noqa: E402
 
-from tasks import cache as _cache  # noqa: E402
 
 
 def _evaluate_cache_key(context: object, parameters: dict) -> str | None:

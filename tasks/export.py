@@ -17,15 +17,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import onnx
+from prefect import task
 
 import edgeport
 from edgeport.checkpoint import load_model
 from edgeport.checks import EXAMPLE_BATCH, check_forward, check_opset_supported
-from edgeport.data import batch_arrays, benchmark_samples_path, reference_samples
+from edgeport.data import batch_arrays, reference_samples
 from edgeport.errors import (
     CheckpointError,
     ExportError,
-    ValidationFailed,
 )
 from edgeport.files import file_sha256
 from edgeport.home import export_cache_dir
@@ -45,7 +45,6 @@ __all__ = [
     "export_task",
     "new_candidate",
     "no_valid_export",
-    "select_export",
     "selection_benchmark_spec",
     "with_exporter",
 ]
@@ -297,52 +296,7 @@ def compare_exports(candidates: dict[str, dict], measured: dict[str, list[dict]]
     return selected
 
 
-def select_export(spec: PipelineSpec, output_dir: str | Path, cache_dir: str | Path | None = None) -> tuple[ExportResult, dict]:
-    """``export.exporter: auto`` without Prefect (the pipeline runs :func:`flows.export.select_export_flow`,
-    the same steps as Prefect tasks): export with every exporter, validate each against PyTorch, and
-    keep the fastest valid one (:func:`compare_exports`).
-
-    Speed: p50 (ms) on the spec's first target at the primary batch size, measured with
-    :func:`tasks.benchmark.benchmark_target` (interleaved rounds, same settings as the pipeline's
-    benchmarks) on the evaluation (else calibration) samples.
-
-    Returns:
-        (the winner's :class:`ExportResult`, the comparison: ``{"selected", "candidates": {exporter:
-        {"onnx_path", "valid", "error", "p50_ms", "export_s", "cached"}}}``).
-
-    Raises:
-        ExportError: no exporter produced a valid model (the message lists each one's error).
-    """
-    from tasks.benchmark import benchmark_target
-    from tasks.validate import validate_onnx
-
-    candidates: dict[str, dict] = {}
-    results: dict[str, ExportResult] = {}
-    for exporter in EXPORTERS:
-        variant_spec = with_exporter(spec, exporter)
-        entry = candidates[exporter] = new_candidate()
-        try:
-            result = export_model(variant_spec, cache_dir)
-            entry.update(onnx_path=result.onnx_path, export_s=result.export_s, cached=result.cached)
-            validate_onnx(variant_spec, result.onnx_path)
-        except (ExportError, ValidationFailed) as exc:  # bad input (checkpoint, data, opset) propagates
-            entry["error"] = f"{type(exc).__name__}: {exc}"
-            logger.warning("exporter %s rejected: %s", exporter, entry["error"])
-            continue
-        entry["valid"] = True
-        results[exporter] = result
-    if not results:
-        raise no_valid_export(candidates)
-    measured = benchmark_target(
-        selection_benchmark_spec(spec), spec.targets[0], {e: r.onnx_path for e, r in results.items()},
-        benchmark_samples_path(spec), Path(output_dir) / "export-selection",
-    )
-    selected = compare_exports(candidates, measured)
-    return results[selected], {"selected": selected, "candidates": candidates}
-
-
 # --- Prefect wrapper -------------------------------------------------------------------------
-from prefect import task  # noqa: E402
 
 
 def _export_task_cache_key(context: object, parameters: dict) -> str | None:

@@ -33,8 +33,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import onnx
+import onnxruntime
+from prefect import task
+
 from edgeport.errors import OptimizationError
 from edgeport.files import file_sha256
+from tasks import cache as _cache
 
 logger = logging.getLogger("edgeport.optimize")
 
@@ -178,11 +183,6 @@ def result_dict(result: OptimizeResult) -> dict[str, Any]:
 
 
 # --- Prefect wrapper -------------------------------------------------------------------------
-import onnx
-import onnxruntime
-from prefect import task  # noqa: E402
-
-from tasks import cache as _cache  # noqa: E402
 
 
 def _optimize_cache_key(context: object, parameters: dict) -> str | None:

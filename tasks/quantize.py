@@ -29,11 +29,13 @@ from typing import Any
 
 import numpy as np
 import onnx
+from prefect import task
 
 from edgeport.data import iter_batches, load_input_arrays
 from edgeport.errors import QuantizationError
 from edgeport.files import file_sha256
 from edgeport.spec import VARIANT_FIELD_SCOPE, PipelineSpec, QuantizationVariantSpec
+from tasks import cache as _cache
 
 logger = logging.getLogger("edgeport.quantize")
 
@@ -492,9 +494,7 @@ def _quantize_int8(
 
 
 # --- Prefect wrapper -------------------------------------------------------------------------
-from prefect import task  # noqa: E402
 
-from tasks import cache as _cache  # noqa: E402
 
 
 def _quantize_cache_key(context: object, parameters: dict) -> str | None:

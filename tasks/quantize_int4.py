@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prefect import task
+
 from edgeport.errors import QuantizationError
 from edgeport.files import file_sha256
 
@@ -176,6 +178,5 @@ def quantize_int4(
 
 
 # --- Prefect wrapper -------------------------------------------------------------------------
-from prefect import task  # noqa: E402
 
 quantize_int4_task = task(quantize_int4, name="quantize-int4", retries=0, task_run_name="quantize-{name}")

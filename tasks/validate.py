@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from prefect import task
 
 from edgeport.data import batch_arrays, reference_samples
 from edgeport.errors import RuntimeLoadError, ValidationFailed
 from edgeport.spec import PipelineSpec
+from tasks import cache as _cache
 
 logger = logging.getLogger("edgeport.validate")
 
@@ -250,9 +252,7 @@ def validate_onnx(
 
 
 # --- Prefect wrapper -------------------------------------------------------------------------
-from prefect import task  # noqa: E402
 
-from tasks import cache as _cache  # noqa: E402
 
 
 def _validate_cache_key(context: object, parameters: dict) -> str | None:

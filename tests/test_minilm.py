@@ -414,15 +414,15 @@ def test_int4_fails_loudly_without_a_matmul(tmp_path):
         quantize_int4(tmp_path / "relu.onnx", tmp_path / "int4.onnx", block_size=24)
 
 
-def test_auto_export_keeps_the_faster_valid_exporter(minilm_artifacts, tmp_path):
-    from tasks.export import select_export
+def test_auto_export_keeps_the_faster_valid_exporter(prefect_harness, minilm_artifacts, tmp_path):
+    from flows.export import select_export_flow
 
     spec = minilm_spec(
         minilm_artifacts,
         exporter="auto",
         benchmark={"batch_sizes": [1], "warmup": 2, "repetitions": 30, "time_budget_s": 0.6, "rounds": 2, "timeout_s": 300},
     )
-    winner, selection = select_export(spec, tmp_path, cache_dir=tmp_path / "cache")
+    winner, selection = select_export_flow(spec, str(tmp_path), cache_dir=str(tmp_path / "cache"))
     candidates = selection["candidates"]
     assert set(candidates) == {"legacy", "dynamo"}
     assert all(c["valid"] and c["p50_ms"] > 0 for c in candidates.values()), candidates
