@@ -27,7 +27,9 @@ the range on MiniLM. So :func:`calibrate_chunked` does:
   thresholds. Same histograms, same thresholds as one-shot calibration, at twice the
   inference time. ``exact=False`` uses ORT's merge instead (one pass, approximate).
 
-Peak memory is set by ``chunk_size``, not by the number of samples.
+Peak memory is set by ``chunk_size``, not by the number of samples: the data is a
+:class:`~edgeport.datasources.DataSource` (any spec data kind, read chunk by chunk) or, as
+before, in-memory arrays.
 
 The ranges are saved with ``onnxruntime.quantization.save_tensors_data`` (JSON);
 ``quantize_static(..., calibration_data_reader=None, calibration_cache_path=PATH,
@@ -48,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeport.data import iter_batches, num_samples_of
+from edgeport.datasources import ArraySource, DataSource
 from edgeport.errors import DataError, QuantizationError
 
 logger = logging.getLogger("edgeport.calibration")
@@ -126,9 +128,14 @@ def calibrator_options(extra_options: dict[str, Any] | None) -> dict[str, Any]:
     return {opt: (extra_options or {})[key] for key, opt in _EXTRA_OPTION_KEYS.items() if key in (extra_options or {})}
 
 
+def _as_source(data: dict[str, np.ndarray] | DataSource) -> DataSource:
+    """``data`` as a :class:`~edgeport.datasources.DataSource` (arrays are wrapped, not copied)."""
+    return data if isinstance(data, DataSource) else ArraySource(data, field="calibration data")
+
+
 def calibrate_chunked(
     model_path: str | Path,
-    arrays: dict[str, np.ndarray],
+    arrays: dict[str, np.ndarray] | DataSource,
     method: str = "MinMax",
     chunk_size: int = 16,
     op_types_to_calibrate: list[str] | None = None,
@@ -141,7 +148,8 @@ def calibrate_chunked(
     Args:
         model_path: the model ``quantize_static`` will quantize (after ``quant_pre_process``:
             the calibrator needs the shapes of every activation).
-        arrays: ``{input name: ndarray of shape (n_samples, *dims)}``.
+        arrays: ``{input name: ndarray of shape (n_samples, *dims)}``, or a data source
+            (:func:`edgeport.data.calibration_source`), read ``chunk_size`` samples at a time.
         method: one of :data:`CALIBRATION_METHODS`.
         chunk_size: samples per session run: sets the peak memory (for histogram methods
             about ``chunk_size`` x the calibrated activations of one sample, twice over).
@@ -165,7 +173,8 @@ def calibrate_chunked(
         raise QuantizationError(f"unknown calibration method {method!r}; use one of {CALIBRATION_METHODS}")
     if chunk_size < 1:
         raise DataError(f"chunk_size must be at least 1, got {chunk_size}")
-    if not arrays or num_samples_of(arrays) == 0:
+    source = _as_source(arrays)
+    if source.num_samples == 0:
         raise DataError("calibration data holds no samples")
     calibrator = None
     with tempfile.TemporaryDirectory(prefix="edgeport-calib-") as tmp:
@@ -180,10 +189,10 @@ def calibrate_chunked(
                 extra_options=calibrator_options(extra_options),
             )
             if method != "MinMax" and exact:
-                return _exact_histogram_calibration(calibrator, arrays, chunk_size, CalibrationMethod[method])
+                return _exact_histogram_calibration(calibrator, source, chunk_size, CalibrationMethod[method])
             chatter = io.StringIO()  # HistogramCollector print()s on every call
             with contextlib.redirect_stdout(chatter):
-                for chunk in iter_batches(arrays, chunk_size):
+                for chunk in source.iter_inputs(chunk_size):
                     calibrator.collect_data(_OneBatchReader(chunk))
                     calibrator.clear_collected_data()
                 return calibrator.compute_data()
@@ -195,18 +204,18 @@ def calibrate_chunked(
             del calibrator  # release the session before its folder goes
 
 
-def _run_chunks(calibrator, arrays: dict[str, np.ndarray], chunk_size: int):
+def _run_chunks(calibrator, source: DataSource, chunk_size: int):
     """Yield ``{tensor name: activations}`` of the calibrated tensors, one chunk at a time."""
     session = calibrator.infer_session
     names = [o.name for o in session.get_outputs()]
     wanted = calibrator.tensors_to_calibrate
-    for chunk in iter_batches(arrays, chunk_size):
+    for chunk in source.iter_inputs(chunk_size):
         outputs = session.run(None, chunk)
         yield {name: value for name, value in zip(names, outputs) if name in wanted}
         del outputs
 
 
-def _exact_histogram_calibration(calibrator, arrays: dict[str, np.ndarray], chunk_size: int, method):
+def _exact_histogram_calibration(calibrator, source: DataSource, chunk_size: int, method):
     """Two passes: ranges, then fixed-range histograms summed over the chunks, in the layout
     of ``HistogramCollector.collect_value`` / ``collect_absolute_value`` on all data at once."""
     from onnxruntime.quantization.calibrate import HistogramCollector, TensorsData
@@ -216,7 +225,7 @@ def _exact_histogram_calibration(calibrator, arrays: dict[str, np.ndarray], chun
     highs: dict[str, np.ndarray] = {}
     abs_lows: dict[str, np.ndarray] = {}
     abs_highs: dict[str, np.ndarray] = {}
-    for outputs in _run_chunks(calibrator, arrays, chunk_size):  # pass 1: ranges
+    for outputs in _run_chunks(calibrator, source, chunk_size):  # pass 1: ranges
         for name, value in outputs.items():
             if value.size == 0:
                 continue
@@ -231,7 +240,7 @@ def _exact_histogram_calibration(calibrator, arrays: dict[str, np.ndarray], chun
     num_bins = calibrator.num_bins
     counts: dict[str, np.ndarray] = {}
     edges: dict[str, np.ndarray] = {}
-    for outputs in _run_chunks(calibrator, arrays, chunk_size):  # pass 2: histograms
+    for outputs in _run_chunks(calibrator, source, chunk_size):  # pass 2: histograms
         for name, value in outputs.items():
             if name not in lows:
                 continue
@@ -276,7 +285,7 @@ def tensor_ranges(tensors_data) -> dict[str, tuple[float, float]]:
 
 def write_calibration_cache(
     model_path: str | Path,
-    arrays: dict[str, np.ndarray],
+    arrays: dict[str, np.ndarray] | DataSource,
     cache_path: str | Path,
     method: str = "MinMax",
     chunk_size: int = 16,
@@ -300,10 +309,11 @@ def write_calibration_cache(
     from onnxruntime.quantization.calibrate import save_tensors_data
 
     start = time.perf_counter()
-    data = calibrate_chunked(model_path, arrays, method, chunk_size, op_types_to_calibrate, extra_options)
+    source = _as_source(arrays)
+    data = calibrate_chunked(model_path, source, method, chunk_size, op_types_to_calibrate, extra_options)
     cache_path = Path(cache_path)
     save_tensors_data(data, cache_path, smooth_quant=False)
-    n = num_samples_of(arrays)
+    n = source.num_samples
     result = CalibrationResult(
         cache_path=str(cache_path.resolve()),
         method=method,

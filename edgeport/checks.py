@@ -15,9 +15,12 @@ what                            check                                           
 ``model``                       checkpoint readable with ``weights_only=True``,      CheckpointError,
                                 factory imports, one forward pass fits ``inputs``    ModelFactoryError,
                                                                                      SpecError
-``calibration.dataset``,        readable ``.npz``, arrays per input, shapes,         DataError
-``evaluation.dataset``          dtypes, finite values, labels (top1) or reference
-                                embeddings (cosine) per sample
+``calibration.dataset``,        every sample read once, in chunks, whatever the      DataError
+``evaluation.dataset``          kind (``.npz``, image folder, text, function):
+                                readable files, arrays per input, shapes, dtypes,
+                                finite values, labels (top1) or reference
+                                embeddings (cosine) per sample; images of one size,
+                                text that is not empty, a function that runs
 ``evaluation.dataset`` labels   within the class count of the model's first output   DataError
 ``evaluation.max_drop``         resolvable with the evaluation set's sample count    DataError
 ``--output``                    a folder, or creatable as one                        OptionError
@@ -40,12 +43,11 @@ import numpy as np
 from edgeport.checkpoint import load_model
 from edgeport.data import (
     batch_arrays,
-    load_input_arrays,
-    load_labels,
-    load_reference_embeddings,
-    num_samples_of,
+    calibration_source,
+    evaluation_source,
     reference_samples,
 )
+from edgeport.datasources import DataSource
 from edgeport.errors import DataError, OptionError, RuntimeLoadError, SpecError
 from edgeport.spec import PipelineSpec
 from edgeport.targets import resolve_target
@@ -61,6 +63,7 @@ __all__ = [
     "check_label_range",
     "check_opset_supported",
     "check_output_dir",
+    "check_source",
     "exporter_opset_range",
     "min_evaluation_samples",
 ]
@@ -245,6 +248,71 @@ def check_finite(arrays: dict[str, np.ndarray], path: str | Path, field: str) ->
             )
 
 
+#: Samples per chunk when the pre-start checks read a data source.
+CHECK_CHUNK = 256
+
+
+@dataclass(frozen=True)
+class SourceScan:
+    """What :func:`check_source` read.
+
+    Attributes:
+        num_samples: samples read.
+        labels: int64 ndarray of shape (num_samples,) (a source with labels), else None.
+        has_reference: whether every chunk carried reference embeddings.
+    """
+
+    num_samples: int
+    labels: np.ndarray | None
+    has_reference: bool
+
+
+def check_source(source: DataSource, chunk_size: int = CHECK_CHUNK) -> SourceScan:
+    """Read every sample of ``source`` once, in chunks, and refuse NaN or +-inf in float inputs
+    and reference embeddings (the source itself checks files, names, shapes and dtypes).
+
+    Memory: one chunk plus the labels (8 bytes a sample).
+
+    Raises:
+        DataError: anything the source refuses (see :mod:`edgeport.datasources`); non-finite
+            values, named like :func:`check_finite` with the counts over the whole data set.
+    """
+    counts: dict[str, list[int]] = {}  # name -> [nan, inf, size, bad samples]
+    labels: list[np.ndarray] = []
+    reference = True
+    n = 0
+    for chunk in source.iter_chunks(chunk_size):
+        n += len(chunk)
+        arrays = dict(chunk.inputs)
+        if chunk.reference is not None:
+            arrays[_reference_name(source)] = chunk.reference
+        else:
+            reference = False
+        for name, arr in arrays.items():
+            if not np.issubdtype(arr.dtype, np.floating):
+                continue
+            total = counts.setdefault(name, [0, 0, 0, 0])
+            nan, inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
+            total[0] += nan
+            total[1] += inf
+            total[2] += arr.size
+            if nan or inf:
+                total[3] += int((~np.isfinite(arr.reshape(arr.shape[0], -1))).any(axis=1).sum())
+        if chunk.labels is not None:
+            labels.append(chunk.labels)
+    for name, (nan, inf, size, bad) in counts.items():
+        if nan or inf:
+            raise DataError(
+                f"{source.field}: {source.description}[{name!r}] holds non-finite values: {nan} NaN and {inf} infinite of "
+                f"{size} (in {bad} of {n} samples); replace or drop those samples"
+            )
+    return SourceScan(n, np.concatenate(labels) if labels else None, reference and n > 0)
+
+
+def _reference_name(source: DataSource) -> str:
+    return getattr(source, "reference_key", None) or "reference"
+
+
 def check_label_range(labels: np.ndarray, num_classes: int, path: str | Path, key: str) -> None:
     """Refuse top-1 labels outside ``[0, num_classes)``.
 
@@ -347,29 +415,17 @@ def check_inputs(spec: PipelineSpec, *, output_dir: str | Path | None = None, ou
     check_output_dir(output_dir, output_option)
     calibration_samples = evaluation_samples = num_classes = None
     if spec.calibration is not None:
-        cal = spec.calibration
-        arrays = load_input_arrays(cal.dataset, spec.inputs, "calibration.dataset", cal.num_samples)
-        check_finite(arrays, cal.dataset, "calibration.dataset")
-        calibration_samples = num_samples_of(arrays)
-    labels = None
+        calibration_samples = check_source(calibration_source(spec)).num_samples
+    labels = evaluation_description = None
     if spec.evaluation is not None:
         ev = spec.evaluation
-        arrays = load_input_arrays(ev.dataset, spec.inputs, "evaluation.dataset", ev.max_samples)
-        check_finite(arrays, ev.dataset, "evaluation.dataset")
-        n = evaluation_samples = num_samples_of(arrays)
-        if ev.metric == "cosine":
-            if ev.reference_key is not None:
-                ref = load_reference_embeddings(ev.dataset, ev.reference_key, "evaluation.dataset", ev.max_samples)
-                if ref.shape[0] != n:
-                    raise DataError(
-                        f"evaluation.dataset: {ev.dataset}[{ev.reference_key!r}] has {ref.shape[0]} reference embeddings for {n} samples"
-                    )
-                check_finite({ev.reference_key: ref}, ev.dataset, "evaluation.dataset")
-        else:
-            labels = load_labels(ev.dataset, ev.labels_key, "evaluation.dataset", ev.max_samples)
-            if labels.shape[0] != n:
-                raise DataError(f"evaluation.dataset: {ev.dataset} has {labels.shape[0]} labels for {n} samples")
-            check_evaluation_size(n, ev.max_drop, ev.dataset)
+        source = evaluation_source(spec)
+        scan = check_source(source)
+        evaluation_samples = scan.num_samples
+        evaluation_description = source.description
+        if ev.metric == "top1":
+            labels = scan.labels
+            check_evaluation_size(scan.num_samples, ev.max_drop, source.description)
 
     # torch, onnx and ONNX Runtime are imported from here on: the data checks above fail faster
     check_export_opset(spec)
@@ -388,5 +444,6 @@ def check_inputs(spec: PipelineSpec, *, output_dir: str | Path | None = None, ou
                 "(batch, num_classes); top-1 needs class scores"
             )
         num_classes = int(shape[-1])
-        check_label_range(labels, num_classes, spec.evaluation.dataset, spec.evaluation.labels_key)
+        key = spec.evaluation.labels_key if isinstance(spec.evaluation.dataset, Path) else "labels"
+        check_label_range(labels, num_classes, evaluation_description, key)
     return InputReport(calibration_samples, evaluation_samples, num_classes)

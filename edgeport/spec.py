@@ -28,13 +28,15 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -46,11 +48,17 @@ from edgeport.errors import SpecError
 from edgeport.profiles import CURRENT_ENV, ENVIRONMENTS, PROFILES
 
 __all__ = [
+    "DATA_KINDS",
+    "IMAGE_EXTENSIONS",
     "VARIANT_FIELD_SCOPE",
     "AccuracyControlSpec",
     "CalibrationSpec",
+    "DatasetSpec",
     "EvaluationSpec",
     "ExportSpec",
+    "FunctionDataSpec",
+    "ImageFolderDataSpec",
+    "ImagePreprocessingSpec",
     "InputSpec",
     "ModelSpec",
     "NNCFIgnoredScopeSpec",
@@ -61,6 +69,7 @@ __all__ = [
     "RegistrySpec",
     "RetrySpec",
     "TargetSpec",
+    "TextDataSpec",
     "BenchmarkSpec",
     "ValidationSpec",
     "load_spec",
@@ -172,8 +181,208 @@ class ValidationSpec(_Strict):
         return value
 
 
+#: Image file extensions an ``image_folder`` dataset reads (lower case; Pillow decodes them all).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def _size_pair(value: int | list[int] | None, what: str) -> int | list[int] | None:
+    """An image size: one positive int, or ``[height, width]`` of positive ints."""
+    if value is None:
+        return None
+    if isinstance(value, int):
+        sizes = [value]
+    else:
+        sizes = list(value)
+        if len(sizes) != 2:
+            raise ValueError(f"{what} is one size or [height, width], got {value}")
+    if any(s <= 0 for s in sizes):
+        raise ValueError(f"{what} sizes must be positive, got {value}")
+    return value
+
+
+class ImagePreprocessingSpec(_Strict):
+    """How an image file becomes a model input, in this order (torchvision's ``Resize`` /
+    ``CenterCrop`` / ``Normalize`` semantics, done with Pillow and numpy):
+
+    1. ``color``: Pillow ``convert`` to ``RGB`` or ``L`` (grayscale, one channel); ``BGR`` is
+       RGB with the channels reversed (OpenCV-trained models);
+    2. ``resize``: one int = the shorter side to that size, aspect kept (the longer side is
+       ``int(size * long / short)``); ``[height, width]`` = exactly that size;
+    3. ``center_crop``: one int = a square, or ``[height, width]``; the crop box's corner is
+       ``round((size - crop) / 2)``;
+    4. ``value = (pixel * scale - mean) / std`` per channel, float32 (pixels are 0..255);
+    5. ``layout``: ``NCHW`` (channels first, PyTorch) or ``NHWC`` (channels last).
+
+    Without ``resize`` and ``center_crop`` every image must have the same size.
+    """
+
+    resize: int | list[int] | None = Field(default=None, description="Shorter side (int) or [height, width]; default: no resize.")
+    resample: Literal["nearest", "bilinear", "bicubic", "lanczos"] = Field(
+        default="bilinear", description="Pillow resampling filter of `resize` (torchvision's default: bilinear)."
+    )
+    center_crop: int | list[int] | None = Field(default=None, description="Square side (int) or [height, width]; default: no crop.")
+    color: Literal["RGB", "BGR", "L"] = Field(default="RGB", description="Channel order: RGB, BGR, or L (grayscale, 1 channel).")
+    scale: float = Field(default=1 / 255, gt=0, description="Multiplies the 0..255 pixel values first (default 1/255: values in [0, 1]).")
+    mean: list[float] | None = Field(default=None, description="Subtracted per channel after `scale` (one value, or one per channel).")
+    std: list[float] | None = Field(default=None, description="Divides per channel after `mean` (one value, or one per channel).")
+    layout: Literal["NCHW", "NHWC"] = Field(default="NCHW", description="Axis order of the input: channels first or last.")
+
+    @field_validator("resize", "center_crop")
+    @classmethod
+    def _sizes(cls, value: int | list[int] | None, info: ValidationInfo) -> int | list[int] | None:
+        return _size_pair(value, info.field_name)
+
+    @model_validator(mode="after")
+    def _channels(self) -> ImagePreprocessingSpec:
+        channels = 1 if self.color == "L" else 3
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is not None and len(values) not in (1, channels):
+                raise ValueError(f"{name}: {self.color} images have {channels} channel(s); give 1 or {channels} values, got {values}")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise ValueError(f"std: values must be positive, got {self.std}")
+        return self
+
+
+class ImageFolderDataSpec(_Strict):
+    """A folder of image files read with Pillow (``kind: image_folder``).
+
+    Images are the files with an :data:`IMAGE_EXTENSIONS` suffix under ``path`` (recursively,
+    in sorted order of their relative paths). Labels (top-1 evaluation):
+
+    * ``labels: subfolders``: torchvision ``ImageFolder``'s layout, ``path/<class>/<image>``: the
+      class folders sorted by name are the classes 0, 1, ...;
+    * ``labels: FILE``: a CSV file of ``file,label`` rows (``file`` relative to ``path``, ``label``
+      an integer; an optional ``file,label`` header): exactly those images, in that order.
+    """
+
+    kind: Literal["image_folder"]
+    path: Path = Field(description="The folder of images.")
+    input: str | None = Field(default=None, description="The model input the images feed; default: the spec's only input.")
+    preprocessing: ImagePreprocessingSpec = Field(default_factory=ImagePreprocessingSpec)
+    labels: Literal["subfolders"] | Path | None = Field(
+        default=None, description="subfolders (class folders, sorted) or a CSV file of file,label rows; default: no labels."
+    )
+    shuffle: bool = Field(
+        default=False, description="Shuffle the image order (seeded) before the first N are taken: class folders are sorted, "
+        "so the first N of a sorted folder are the first classes only."
+    )
+    seed: int = Field(default=0, description="Seed of `shuffle` (numpy default_rng).")
+
+    _resolve = field_validator("path", mode="after")(_resolve_path)
+
+    @field_validator("labels", mode="after")
+    @classmethod
+    def _resolve_labels(cls, value: str | Path | None, info: ValidationInfo) -> str | Path | None:
+        return value if value is None or value == "subfolders" else _resolve_path(Path(value), info)
+
+
+class TextDataSpec(_Strict):
+    """Text tokenized with the model's tokenizer (``kind: text``): a text file with one sample
+    per non-blank line, or a ``.jsonl`` file whose ``field`` holds each sample's text.
+
+    Each chunk is tokenized with ``transformers.AutoTokenizer.from_pretrained(tokenizer,
+    local_files_only=True)``, truncated and padded to ``max_length`` tokens; the tokenizer's
+    outputs named like the spec's inputs (e.g. ``input_ids``, ``attention_mask``) are fed.
+    """
+
+    kind: Literal["text"]
+    path: Path = Field(description="A .txt file (one sample per line) or a .jsonl file (one JSON object per line).")
+    field: str | None = Field(default=None, description=".jsonl only (required there): the key holding the text.")
+    label_field: str | None = Field(default=None, description=".jsonl only: the key holding an integer label (top1 evaluation).")
+    max_length: int = Field(default=128, ge=1, description="Tokens per sample: truncated and padded to this length.")
+    tokenizer: Path | None = Field(
+        default=None, description="A local tokenizer folder (tokenizer.json / vocab); default: the model's Hugging Face folder."
+    )
+    reference: Path | None = Field(
+        default=None,
+        description="cosine evaluation: reference embeddings, a .npy of shape (n_lines, dim) or a .npz with the "
+        "`evaluation.reference_key` array; default: the FP32 ONNX model's outputs.",
+    )
+
+    _resolve = field_validator("path", "tokenizer", "reference", mode="after")(_resolve_path)
+
+    @model_validator(mode="after")
+    def _jsonl_fields(self) -> TextDataSpec:
+        jsonl = self.path.suffix.lower() == ".jsonl"
+        if jsonl and self.field is None:
+            raise ValueError(f"field: {self.path.name} is a .jsonl file; name the key holding the text (field: text)")
+        if not jsonl:
+            for name in ("field", "label_field"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name}: applies to .jsonl files only; {self.path.name} is read one sample per line")
+        return self
+
+
+class FunctionDataSpec(_Strict):
+    """Samples from your own code (``kind: function``): ``callable`` is called with ``kwargs``
+    once per pass over the data and returns an iterable of items, each one of
+
+    * ``{input name: array}``: inputs only;
+    * ``(inputs, target)``: inputs and a target;
+    * ``{"inputs": {input name: array}, "label": ..., "reference": ...}``.
+
+    An input array is one sample (the declared rank minus the batch axis) or a batch (the
+    declared rank, samples along the first axis). A target is an integer label (``top1``) or a
+    reference embedding (``cosine``), per sample: a scalar / a ``(dim,)`` array for one sample,
+    ``(n,)`` / ``(n, dim)`` for a batch of n. See :mod:`edgeport.datasources`.
+    """
+
+    kind: Literal["function"]
+    callable: str = Field(
+        description='"module:function" returning an iterable of items, e.g. "data:calibration_samples". '
+        "The module is imported with `search_path` prepended to sys.path.",
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the callable.")
+    search_path: list[Path] = Field(
+        default_factory=lambda: [Path(".")],
+        validate_default=True,
+        description="Folders prepended to sys.path to import the module (default: the spec's folder).",
+    )
+
+    @field_validator("search_path", mode="after")
+    @classmethod
+    def _resolve_search_path(cls, value: list[Path], info: ValidationInfo) -> list[Path]:
+        return [_resolve_path(p, info) for p in value]  # type: ignore[misc]
+
+
+#: ``kind`` of each typed data source; a plain path is an ``.npz`` file (tag ``npz``).
+DATA_KINDS = ("image_folder", "text", "function")
+
+
+def _data_kind(value: Any) -> str | None:
+    """The union tag of a dataset value: its ``kind`` for a mapping (or a typed spec), else ``npz``."""
+    if isinstance(value, dict):
+        kind = value.get("kind")
+        return kind if isinstance(kind, str) else None
+    return getattr(value, "kind", "npz")
+
+
+#: A data set: a path (an ``.npz`` with one array per input, the original form) or a typed source.
+DatasetSpec = Annotated[
+    Union[
+        Annotated[Path, Tag("npz")],
+        Annotated[ImageFolderDataSpec, Tag("image_folder")],
+        Annotated[TextDataSpec, Tag("text")],
+        Annotated[FunctionDataSpec, Tag("function")],
+    ],
+    Discriminator(
+        _data_kind,
+        custom_error_type="dataset_kind",
+        custom_error_message="a dataset is an .npz path, or a mapping whose `kind` is one of image_folder, text, function",
+    ),
+]
+
+
+def _resolve_dataset(value: Any, info: ValidationInfo) -> Any:
+    """Resolve an ``.npz`` dataset path against the spec's folder (typed sources resolve their own)."""
+    return _resolve_path(value, info) if isinstance(value, Path) else value
+
+
 class CalibrationSpec(_Strict):
-    """Calibration data for static quantization: an ``.npz`` with one array per input name.
+    """Calibration data for static quantization: ``dataset`` is an ``.npz`` with one array per
+    input name, or a typed source (``image_folder``, ``text``, ``function``; :data:`DatasetSpec`).
 
     Calibration runs through :func:`edgeport.calibration.write_calibration_cache`:
     ``chunk_size`` samples per session run, so peak memory is set by the chunk, not by
@@ -181,7 +390,7 @@ class CalibrationSpec(_Strict):
     of every sample).
     """
 
-    dataset: Path
+    dataset: DatasetSpec = Field(description="An .npz path, or {kind: image_folder | text | function, ...}.")
     num_samples: int = Field(default=256, ge=1, description="Samples drawn (first N) from the dataset.")
     method: Literal["MinMax", "Entropy", "Percentile"] = "MinMax"
     batch_size: int = Field(default=32, ge=1, description="Samples per batch (the chunk size when chunk_size is unset).")
@@ -198,7 +407,7 @@ class CalibrationSpec(_Strict):
         default=None, gt=0, le=100, description="Percentile only: the percentile kept (ONNX Runtime's default 99.999)."
     )
 
-    _resolve = field_validator("dataset", mode="after")(_resolve_path)
+    _resolve = field_validator("dataset", mode="after")(_resolve_dataset)
 
     @property
     def effective_chunk_size(self) -> int:
@@ -510,7 +719,8 @@ VARIANT_FIELD_SCOPE: dict[str, tuple[tuple[str, str], ...]] = {
 
 
 class EvaluationSpec(_Strict):
-    """Held-out evaluation set (``.npz`` with one array per input) and the quality gate.
+    """Held-out evaluation set (an ``.npz`` with one array per input, or a typed source:
+    :data:`DatasetSpec`) and the quality gate.
 
     * ``top1``: the set holds integer labels (``labels_key``); gate on the drop vs FP32
       (``max_drop``) and the floor ``min_value``.
@@ -520,7 +730,7 @@ class EvaluationSpec(_Strict):
       FP32 ONNX model's own outputs. Gate: mean cosine >= ``min_cosine``, for every variant.
     """
 
-    dataset: Path
+    dataset: DatasetSpec = Field(description="An .npz path, or {kind: image_folder | text | function, ...}.")
     metric: Literal["top1", "cosine"] = "top1"
     labels_key: str = Field(default="labels", description="top1 only: the array of integer labels.")
     reference_key: str | None = Field(
@@ -534,7 +744,16 @@ class EvaluationSpec(_Strict):
     )
     max_samples: int | None = Field(default=None, ge=1)
 
-    _resolve = field_validator("dataset", mode="after")(_resolve_path)
+    _resolve = field_validator("dataset", mode="after")(_resolve_dataset)
+
+    @model_validator(mode="after")
+    def _labelled(self) -> EvaluationSpec:
+        if self.metric == "top1":
+            if isinstance(self.dataset, ImageFolderDataSpec) and self.dataset.labels is None:
+                raise ValueError("dataset.labels: metric top1 needs labels: subfolders (class folders) or a CSV file of file,label rows")
+            if isinstance(self.dataset, TextDataSpec) and self.dataset.label_field is None:
+                raise ValueError("dataset.label_field: metric top1 needs labels: a .jsonl file and the key of its integer label")
+        return self
 
 
 class TargetSpec(_Strict):
@@ -937,7 +1156,19 @@ class PipelineSpec(_Strict):
         for dim in self.export.dynamic_dims or []:
             if dim not in declared:
                 raise ValueError(f"export.dynamic_dims names {dim!r}, which no input shape declares ({sorted(declared)})")
+        self._check_datasets(names)
         return self
+
+    def _check_datasets(self, names: list[str]) -> None:
+        """An image folder feeds one declared input: ``input``, else the spec's only input."""
+        for section in ("calibration", "evaluation"):
+            dataset = getattr(getattr(self, section), "dataset", None)
+            if not isinstance(dataset, ImageFolderDataSpec):
+                continue
+            if dataset.input is None and len(names) != 1:
+                raise ValueError(f"{section}.dataset.input: the spec has inputs {names}; name the one the images feed")
+            if dataset.input is not None and dataset.input not in names:
+                raise ValueError(f"{section}.dataset.input {dataset.input!r} is not one of the inputs {names}")
 
     def _check_search(self, variants: list[str], targets: list[str]) -> None:
         search = self.search
@@ -976,6 +1207,9 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     for part in loc:
         if isinstance(part, int):
             continue
+        if part in _DATA_SPECS and loc.index(part) and loc[loc.index(part) - 1] == "dataset":  # a data source's union tag
+            model = _DATA_SPECS[part]
+            continue
         field = model.model_fields.get(part) if model is not None else None
         model = model_in(field.annotation) if field is not None else None
         if model is None:
@@ -996,6 +1230,13 @@ def _field_of(loc: tuple[Any, ...], msg: str) -> tuple[str, str]:
     return ".".join(str(p) for p in loc) or "<root>", msg
 
 
+#: The typed data source of each union tag pydantic puts in an error's location after ``dataset``.
+_DATA_SPECS: dict[str, type[BaseModel]] = {"image_folder": ImageFolderDataSpec, "text": TextDataSpec, "function": FunctionDataSpec}
+
+#: ``.dataset.<tag>`` in a dotted location: the tag is dropped from the field shown to the user.
+_DATA_TAG = re.compile(r"(\bdataset)\.(?:npz|" + "|".join(DATA_KINDS) + r")\b")
+
+
 def _format_errors(path: Path, err: ValidationError) -> str:
     lines = [f"{path}: invalid pipeline spec ({err.error_count()} error(s))"]
     for e in err.errors():
@@ -1009,6 +1250,7 @@ def _format_errors(path: Path, err: ValidationError) -> str:
         value = e.get("input")
         for part in loc.split(".")[len(e["loc"]):]:  # a model-level error moved onto a field: show that field's value
             value = value.get(part, value) if isinstance(value, dict) else value
+        loc = _DATA_TAG.sub(r"\1", loc)
         shown = json.dumps(value, default=str) if not isinstance(value, dict) else "{...}"
         if len(shown) > 80:
             shown = shown[:77] + "..."

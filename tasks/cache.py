@@ -29,6 +29,7 @@ import onnx
 import onnxruntime
 
 import edgeport
+from edgeport.data import dataset_digest
 from edgeport.files import file_sha256
 from edgeport.spec import PipelineSpec, spec_digest
 
@@ -81,11 +82,15 @@ def sections(spec: PipelineSpec, *names: str) -> dict[str, str | None]:
 
 
 def data_digests(spec: PipelineSpec) -> dict[str, str | None]:
-    """sha256 of the data files the spec names (calibration and evaluation data sets)."""
-    return {
-        "calibration": file_digest(spec.calibration.dataset) if spec.calibration is not None else None,
-        "evaluation": file_digest(spec.evaluation.dataset) if spec.evaluation is not None else None,
-    }
+    """Content keys of the spec's calibration and evaluation data sets: an ``.npz`` file's sha256
+    (memoized, :func:`file_digest`), else :func:`edgeport.data.dataset_digest` of the typed source."""
+
+    def digest(section: Any) -> str | None:
+        if section is None:
+            return None
+        return file_digest(section.dataset) if isinstance(section.dataset, Path) else dataset_digest(section.dataset)
+
+    return {"calibration": digest(spec.calibration), "evaluation": digest(spec.evaluation)}
 
 
 def library_versions(torch: bool = False, nncf: bool = False) -> dict[str, str]:

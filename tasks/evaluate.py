@@ -9,9 +9,13 @@ and, when ``min_value`` is set, ``value >= min_value``.
 Metric ``cosine`` (embedding models, no labels): the first output of each variant is
 compared with reference embeddings by :func:`edgeport.fidelity.fidelity_report`
 (``cosine_mean`` = ``value``, ``cosine_min``, ``nn_agreement``, ``spearman``). The reference
-is the dataset's ``reference_key`` array (e.g. the FP32 PyTorch embeddings), for every
-variant FP32 included, or, with ``reference_key: null``, the FP32 ONNX model's saved
-embeddings. ``drop`` = FP32's mean cosine - the variant's; ``agreement`` = ``nn_agreement``.
+is the data's reference embeddings (an ``.npz``'s ``reference_key`` array, e.g. the FP32
+PyTorch embeddings; a text source's ``reference`` file; a function's ``reference`` items),
+for every variant FP32 included, or, when the data has none (``reference_key: null``), the
+FP32 ONNX model's saved embeddings.
+
+The evaluation set is streamed (:func:`edgeport.data.evaluation_source`), ``EVAL_BATCH_SIZE``
+samples at a time: memory holds one batch of inputs plus the predictions (or embeddings). ``drop`` = FP32's mean cosine - the variant's; ``agreement`` = ``nn_agreement``.
 The gate: ``cosine_mean >= min_cosine``, for every variant.
 """
 
@@ -25,12 +29,8 @@ from typing import Any
 import numpy as np
 from prefect import task
 
-from edgeport.data import (
-    iter_batches,
-    load_input_arrays,
-    load_labels,
-    load_reference_embeddings,
-)
+from edgeport.data import evaluation_source
+from edgeport.datasources import ArraySource, DataSource
 from edgeport.errors import DataError, SpecError
 from edgeport.spec import PipelineSpec
 from tasks import cache as _cache
@@ -47,11 +47,12 @@ EMBED_BATCH_SIZE = 32
 EVAL_BATCH_SIZE = 64
 
 
-def predict(spec: PipelineSpec, onnx_path: str | Path, arrays: dict[str, np.ndarray]) -> np.ndarray:
+def predict(spec: PipelineSpec, onnx_path: str | Path, arrays: dict[str, np.ndarray] | DataSource) -> np.ndarray:
     """Class predictions of an ONNX model.
 
     Args:
-        arrays: ``{input name: ndarray of shape (n_samples, *dims)}``.
+        arrays: ``{input name: ndarray of shape (n_samples, *dims)}``, or a data source read
+            ``EVAL_BATCH_SIZE`` samples at a time.
 
     Returns:
         int64 ndarray of shape ``(n_samples,)``: arg-max of the first output over its last axis.
@@ -59,9 +60,10 @@ def predict(spec: PipelineSpec, onnx_path: str | Path, arrays: dict[str, np.ndar
     Raises:
         RuntimeLoadError: ONNX Runtime cannot load the model.
     """
+    source = arrays if isinstance(arrays, DataSource) else ArraySource(arrays, field="evaluation data")
     session = ort_session(onnx_path)
     first = spec.outputs[0]
-    preds = [np.argmax(session.run([first], batch)[0], axis=-1) for batch in iter_batches(arrays, EVAL_BATCH_SIZE)]
+    preds = [np.argmax(session.run([first], batch)[0], axis=-1) for batch in source.iter_inputs(EVAL_BATCH_SIZE)]
     return np.concatenate(preds).astype(np.int64)
 
 
@@ -101,12 +103,14 @@ def evaluate_model(
         raise SpecError("evaluation: the spec has no evaluation section")
     if ev.metric == "cosine":
         return _evaluate_cosine(spec, onnx_path, name, Path(output_dir), reference)
-    arrays = load_input_arrays(ev.dataset, spec.inputs, "evaluation.dataset", ev.max_samples)
-    labels = load_labels(ev.dataset, ev.labels_key, "evaluation.dataset", ev.max_samples)
-    n = next(iter(arrays.values())).shape[0]
-    if labels.shape[0] != n:
-        raise DataError(f"evaluation.dataset: {ev.dataset} has {labels.shape[0]} labels for {n} samples")
-    preds = predict(spec, onnx_path, arrays)
+    session = ort_session(onnx_path)
+    first = spec.outputs[0]
+    batches, labelled = [], []
+    for chunk in evaluation_source(spec).iter_chunks(EVAL_BATCH_SIZE):
+        batches.append(np.argmax(session.run([first], chunk.inputs)[0], axis=-1))
+        labelled.append(chunk.labels)
+    preds, labels = np.concatenate(batches).astype(np.int64), np.concatenate(labelled)
+    n = labels.shape[0]
     top1 = float(np.mean(preds == labels))
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -138,24 +142,28 @@ def _evaluate_cosine(
     spec: PipelineSpec, onnx_path: str | Path, name: str, output_dir: Path, reference: dict[str, Any] | None
 ) -> dict[str, Any]:
     """Metric ``cosine``: fidelity of the first output's embeddings to the reference embeddings."""
-    from edgeport.fidelity import embed_onnx, fidelity_report
+    from edgeport.fidelity import fidelity_report
 
     ev = spec.evaluation
     assert ev is not None
-    arrays = load_input_arrays(ev.dataset, spec.inputs, "evaluation.dataset", ev.max_samples)
-    n = next(iter(arrays.values())).shape[0]
-    emb = embed_onnx(onnx_path, arrays, input_names=[i.name for i in spec.inputs], output_name=spec.outputs[0], batch_size=EMBED_BATCH_SIZE)
+    source = evaluation_source(spec)
+    session = ort_session(onnx_path)
+    embedded, references = [], []
+    for chunk in source.iter_chunks(EMBED_BATCH_SIZE):
+        embedded.append(session.run([spec.outputs[0]], chunk.inputs)[0].astype(np.float32))
+        if chunk.reference is not None:
+            references.append(chunk.reference)
+    emb = np.concatenate(embedded)
+    n = emb.shape[0]
     output_dir.mkdir(parents=True, exist_ok=True)
     emb_path = output_dir / f"embeddings-{name}.npy"
     np.save(emb_path, emb)
-    if ev.reference_key is not None:
-        ref = load_reference_embeddings(ev.dataset, ev.reference_key, "evaluation.dataset", ev.max_samples)
+    if references:
+        ref = np.concatenate(references)
+        where = f"{ev.dataset}[{ev.reference_key!r}]" if isinstance(ev.dataset, Path) else source.description
         if ref.shape != emb.shape:
-            raise DataError(
-                f"evaluation.dataset: {ev.dataset}[{ev.reference_key!r}] has shape {ref.shape}, but {name} "
-                f"embeds the {n} samples as {emb.shape}"
-            )
-        ref_name = f"{ev.reference_key} (dataset)"
+            raise DataError(f"evaluation.dataset: {where} has shape {ref.shape}, but {name} embeds the {n} samples as {emb.shape}")
+        ref_name = f"{ev.reference_key} (dataset)" if isinstance(ev.dataset, Path) else "reference (dataset)"
     elif reference is None:  # FP32 itself, with FP32 as the reference: identical by definition
         ref, ref_name = emb, "fp32"
     else:

@@ -31,7 +31,8 @@ import numpy as np
 import onnx
 from prefect import task
 
-from edgeport.data import iter_batches, load_input_arrays
+from edgeport.data import calibration_source, describe_dataset
+from edgeport.datasources import ArraySource, DataSource
 from edgeport.errors import QuantizationError
 from edgeport.files import file_sha256
 from edgeport.spec import VARIANT_FIELD_SCOPE, PipelineSpec, QuantizationVariantSpec
@@ -110,17 +111,18 @@ class QuantizeResult:
 
 
 class NpzCalibrationReader:
-    """``onnxruntime.quantization.CalibrationDataReader`` over in-memory calibration arrays.
+    """``onnxruntime.quantization.CalibrationDataReader`` over calibration data, one chunk per batch.
 
     Args:
-        arrays: ``{input name: ndarray of shape (n_samples, *dims)}``.
+        arrays: ``{input name: ndarray of shape (n_samples, *dims)}``, or a data source
+            (:func:`edgeport.data.calibration_source`: any spec data kind, read batch by batch).
         batch_size: samples per ``get_next()`` batch.
     """
 
-    def __init__(self, arrays: dict[str, np.ndarray], batch_size: int) -> None:
-        self._arrays = arrays
+    def __init__(self, arrays: dict[str, np.ndarray] | DataSource, batch_size: int) -> None:
+        self._source = arrays if isinstance(arrays, DataSource) else ArraySource(arrays, field="calibration data")
         self._batch_size = batch_size
-        self._iter = iter_batches(arrays, batch_size)
+        self._iter = self._source.iter_inputs(batch_size)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         """The next batch, or None when the data is exhausted (ORT's reader protocol)."""
@@ -128,11 +130,10 @@ class NpzCalibrationReader:
 
     def rewind(self) -> None:
         """Start again from the first batch."""
-        self._iter = iter_batches(self._arrays, self._batch_size)
+        self._iter = self._source.iter_inputs(self._batch_size)
 
     def __len__(self) -> int:
-        n = next(iter(self._arrays.values())).shape[0]
-        return -(-n // self._batch_size)
+        return -(-self._source.num_samples // self._batch_size)
 
 
 def preprocess(fp32_path: str | Path, out_path: str | Path) -> str:
@@ -273,7 +274,7 @@ def variant_settings(spec: PipelineSpec, variant: QuantizationVariantSpec) -> di
         if variant.backend == "onnxruntime":
             settings["calibration_method"] = variant.calibration_method or cal.method
         settings["calibration_samples"] = cal.num_samples
-        settings["calibration_dataset"] = str(cal.dataset)
+        settings["calibration_dataset"] = describe_dataset(cal.dataset)
         settings["calibration_chunk_size"] = cal.effective_chunk_size
         if cal.extra_options and variant.backend == "onnxruntime":
             settings["calibration_options"] = dict(cal.extra_options)
@@ -445,9 +446,7 @@ def _quantize_int8(
                     "package (onnxruntime's SmoothQuant is neural_compressor.adaptor.ox_utils.smooth_quant), which is "
                     "not installed; use backend: nncf with model_type: transformer for SmoothQuant"
                 )
-            reader = NpzCalibrationReader(
-                load_input_arrays(cal.dataset, spec.inputs, "calibration.dataset", cal.num_samples), cal.effective_chunk_size
-            )
+            reader = NpzCalibrationReader(calibration_source(spec), cal.effective_chunk_size)
             try:
                 quantize_static(
                     pre,
@@ -464,7 +463,7 @@ def _quantize_int8(
             return
         calibration = None if calibration_cache is not None else write_calibration_cache(
             pre,
-            load_input_arrays(cal.dataset, spec.inputs, "calibration.dataset", cal.num_samples),
+            calibration_source(spec),
             cache,
             method=method,
             chunk_size=cal.effective_chunk_size,

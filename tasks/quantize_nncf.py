@@ -43,12 +43,8 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
-from edgeport.data import (  # noqa: E402
-    iter_batches,
-    load_input_arrays,
-    load_labels,
-    load_reference_embeddings,
-)
+from edgeport.data import calibration_source, evaluation_source, iter_batches  # noqa: E402
+from edgeport.datasources import ArraySource, DataSource  # noqa: E402
 from edgeport.errors import EdgeportError, QuantizationError, SpecError  # noqa: E402
 from edgeport.fidelity import rowwise_cosine  # noqa: E402
 from edgeport.spec import PipelineSpec, QuantizationVariantSpec  # noqa: E402
@@ -92,26 +88,27 @@ class NNCFResult:
 class _Batches:
     """Re-iterable calibration batches; ``batch_size`` tells NNCF they are batches of samples."""
 
-    def __init__(self, arrays: dict[str, np.ndarray], batch_size: int) -> None:
-        self._arrays = arrays
+    def __init__(self, source: DataSource, batch_size: int) -> None:
+        self._source = source
         self.batch_size = batch_size
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        return iter_batches(self._arrays, self.batch_size)
+        return self._source.iter_inputs(self.batch_size)
 
     def __len__(self) -> int:
-        n = next(iter(self._arrays.values())).shape[0]
-        return -(-n // self.batch_size)
+        return -(-self._source.num_samples // self.batch_size)
 
 
-def calibration_dataset(arrays: dict[str, np.ndarray], chunk_size: int) -> nncf.Dataset:
+def calibration_dataset(arrays: dict[str, np.ndarray] | DataSource, chunk_size: int) -> nncf.Dataset:
     """An ``nncf.Dataset`` of ``{input name: ndarray of shape (<= chunk_size, *dims)}`` batches.
 
     Args:
-        arrays: ``{input name: ndarray of shape (n_samples, *dims)}`` (``load_input_arrays``).
+        arrays: ``{input name: ndarray of shape (n_samples, *dims)}``, or a data source
+            (:func:`edgeport.data.calibration_source`), read one batch at a time.
         chunk_size: samples per batch (``calibration.chunk_size``, else ``batch_size``).
     """
-    return nncf.Dataset(_Batches(arrays, chunk_size))
+    source = arrays if isinstance(arrays, DataSource) else ArraySource(arrays, field="calibration data")
+    return nncf.Dataset(_Batches(source, chunk_size))
 
 
 def ignored_scope(variant: QuantizationVariantSpec) -> nncf.IgnoredScope | None:
@@ -177,13 +174,14 @@ def validation_setup(
     ev = spec.evaluation
     if ev is None:
         raise SpecError("accuracy_control needs an `evaluation` section")
-    arrays = load_input_arrays(ev.dataset, spec.inputs, "evaluation.dataset", ev.max_samples)
-    n = next(iter(arrays.values())).shape[0]
+    data = evaluation_source(spec).take()  # NNCF indexes the validation items: the evaluation set in memory
+    arrays = data.inputs
+    n = len(data)
     output = spec.outputs[0]
     if ev.metric == "top1":
-        targets: np.ndarray = load_labels(ev.dataset, ev.labels_key, "evaluation.dataset", ev.max_samples)
-    elif ev.reference_key is not None:
-        targets = load_reference_embeddings(ev.dataset, ev.reference_key, "evaluation.dataset", ev.max_samples)
+        targets: np.ndarray = data.labels
+    elif data.reference is not None:
+        targets = data.reference
     else:
         targets = _first_output(_session(fp32_model), output, [{k: a[i : i + 1] for k, a in arrays.items()} for i in range(n)])
     items = [({k: a[i : i + 1] for k, a in arrays.items()}, targets[i]) for i in range(n)]
@@ -258,9 +256,7 @@ def quantize_static_nncf(
     if cal is None:
         raise SpecError(f"variant {variant.name!r}: static quantization needs a `calibration` section")
     model = _load(fp32_path)
-    dataset = calibration_dataset(
-        load_input_arrays(cal.dataset, spec.inputs, "calibration.dataset", cal.num_samples), cal.effective_chunk_size
-    )
+    dataset = calibration_dataset(calibration_source(spec), cal.effective_chunk_size)
     advanced = AdvancedQuantizationParameters()
     if variant.smooth_quant_alpha is not None:
         advanced.smooth_quant_alphas = AdvancedSmoothQuantParameters(matmul=variant.smooth_quant_alpha)
@@ -341,8 +337,7 @@ def compress_weights_nncf(
         cal = spec.calibration
         if cal is None:
             raise SpecError(f"variant {variant.name!r}: awq / scale_estimation need a `calibration` section")
-        arrays = load_input_arrays(cal.dataset, spec.inputs, "calibration.dataset", cal.num_samples)
-        dataset = calibration_dataset(arrays, 1)  # NNCF's data-aware weight methods take one sample per item
+        dataset = calibration_dataset(calibration_source(spec), 1)  # NNCF's data-aware weight methods take one sample per item
     kwargs: dict[str, Any] = dict(
         mode=mode,
         ratio=variant.ratio,

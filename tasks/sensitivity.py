@@ -41,12 +41,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgeport.data import (
-    iter_batches,
-    load_input_arrays,
-    load_labels,
-    load_reference_embeddings,
-)
+from edgeport.data import evaluation_source, iter_batches
 from edgeport.errors import EdgeportError, SpecError
 from edgeport.spec import PipelineSpec, QuantizationVariantSpec, SensitivitySpec
 
@@ -155,14 +150,15 @@ class SubsetEvaluator:
         if ev is None:
             raise SpecError("sensitivity: the spec has no evaluation section (the quality metric)")
         self.spec = spec
-        self.arrays = load_input_arrays(ev.dataset, spec.inputs, "evaluation.dataset", num_samples)
-        self.num_samples = next(iter(self.arrays.values())).shape[0]
+        data = evaluation_source(spec, limit=num_samples).take()
+        self.arrays = data.inputs
+        self.num_samples = len(data)
         self.metric = ev.metric
         self.fp32 = self.outputs(fp32_path)
         if ev.metric == "top1":
-            self.target = load_labels(ev.dataset, ev.labels_key, "evaluation.dataset", num_samples)
-        elif ev.reference_key is not None:
-            self.target = load_reference_embeddings(ev.dataset, ev.reference_key, "evaluation.dataset", num_samples)
+            self.target = data.labels
+        elif data.reference is not None:
+            self.target = data.reference
         else:
             self.target = self.fp32
         self.fp32_score = self.score_outputs(self.fp32)
