@@ -21,9 +21,8 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from edgeport.data import benchmark_samples_path
+from edgeport.data import benchmark_samples_path, dataset_digest
 from edgeport.errors import SpecError
-from edgeport.files import file_sha256
 from edgeport.prefect_context import in_prefect_run
 from edgeport.records import VariantRecord, primary_benchmark
 from edgeport.spec import PipelineSpec, spec_digest
@@ -169,10 +168,10 @@ def search_flow(spec: PipelineSpec, variants: list[dict[str, Any]], output_dir: 
     if reference is None:
         raise SpecError("search: the fp32 variant has no evaluation (the spec needs an `evaluation` section)")
     cal, ev = spec.calibration, spec.evaluation
-    data_key = {"parent_sha256": parent["sha256"], "calibration": cal.model_dump(mode="json"), "calibration_sha256": file_sha256(cal.dataset)}
+    data_key = {"parent_sha256": parent["sha256"], "calibration": cal.model_dump(mode="json"), "calibration_sha256": dataset_digest(cal.dataset)}
     work = search_cache_dir() / spec_digest(data_key)[:16]
     work.mkdir(parents=True, exist_ok=True)
-    eval_key = {"evaluation": ev.model_dump(mode="json"), "sha256": file_sha256(ev.dataset), "reference": reference["value"]}
+    eval_key = {"evaluation": ev.model_dump(mode="json"), "sha256": dataset_digest(ev.dataset), "reference": reference["value"]}
     search_id = spec_digest({**data_key, "evaluation": eval_key, "search": search.model_dump(mode="json")})[:12]
     target = next(t for t in spec.targets if t.name == (search.objective.target or spec.targets[0].name))
     batch = search.objective.batch_size or spec.benchmark.primary

@@ -54,7 +54,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from edgeport.calibration import write_calibration_cache
-from edgeport.data import load_input_arrays
+from edgeport.data import calibration_source
 from edgeport.errors import (
     EdgeportError,
 )
@@ -173,7 +173,7 @@ def calibrate(spec: PipelineSpec, pre_path: str, cache_path: str, method: str, o
         DataError, QuantizationError: see :func:`edgeport.calibration.write_calibration_cache`.
     """
     cal = spec.calibration
-    arrays = load_input_arrays(cal.dataset, spec.inputs, "calibration.dataset", cal.num_samples)
+    arrays = calibration_source(spec)  # any data kind, streamed in chunks
     Path(cache_path).unlink(missing_ok=True)
     result = write_calibration_cache(
         pre_path, arrays, cache_path, method=method, chunk_size=cal.effective_chunk_size,

@@ -15,6 +15,7 @@ import onnxruntime
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
+from edgeport.data import reference_samples
 from edgeport.spec import PipelineSpec
 
 __all__ = ["input_example", "log_onnx", "onnx_signature"]
@@ -25,20 +26,15 @@ EXTERNAL_DATA_ABOVE_BYTES = 1_500_000_000
 
 def input_example(model: onnx.ModelProto, spec: PipelineSpec) -> dict[str, np.ndarray]:
     """Batch-1 example per graph input (initializers excluded), of the input's dtype: the first
-    real sample from the spec's evaluation or calibration ``.npz`` when it has a matching array
+    real sample from the spec's evaluation or calibration data (any kind) when it has a matching array
     (same rank and non-batch dims), else zeros (named or unknown dims -> 1)."""
     initializers = {t.name for t in model.graph.initializer}
     samples: dict[str, np.ndarray] = {}
-    for section in (spec.evaluation, spec.calibration):
-        if section is None or not Path(section.dataset).is_file():
-            continue
-        try:
-            with np.load(section.dataset, allow_pickle=False) as data:
-                samples = {k: np.asarray(data[k][:1]) for k in data.files if k in {i.name for i in model.graph.input}}
+    if spec.evaluation is not None or spec.calibration is not None:
+        try:  # any data kind (edgeport.data): the first evaluation sample, else the first calibration sample
+            samples = reference_samples(spec, 1)
         except Exception:  # noqa: BLE001 - a sample is a nicety; zeros will do
             samples = {}
-        if samples:
-            break
     example: dict[str, np.ndarray] = {}
     for graph_input in model.graph.input:
         if graph_input.name in initializers:
