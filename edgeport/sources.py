@@ -126,7 +126,11 @@ def source_sha256(model: ModelSpec) -> str:
     if model.source != "onnx":
         return file_sha256(path)
     digest = hashlib.sha256(file_sha256(path).encode())
-    for name in sorted(_external_files(path)):
+    try:
+        external = _external_files(path)
+    except Exception:  # noqa: BLE001 - not an ONNX file: check_onnx_model says so; the file's hash identifies it
+        external = set()
+    for name in sorted(external):
         if (path.parent / name).is_file():
             digest.update(f"{name}\0{file_sha256(path.parent / name)}".encode())
     return digest.hexdigest()
