@@ -43,6 +43,9 @@ _register_service(app)
 from edgeport.cli_registry import register as _register_registry  # noqa: E402
 
 _register_registry(app)
+from edgeport.cli_init import register as _register_init  # noqa: E402
+
+_register_init(app)
 
 
 EXIT_OK, EXIT_ERROR, EXIT_NO_CHALLENGER = 0, 1, 2
