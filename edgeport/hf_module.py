@@ -33,30 +33,39 @@ class HuggingFaceModule(torch.nn.Module):
 
     def __init__(self, network: Any, task: str, input_names: list[str], pooling: str = "mean_tokens", normalize: bool = False) -> None:
         super().__init__()
-        self.network = network
+        # Named like the transformers wrapper would name a base model (e.g. `bert`), so ONNX node
+        # names read /bert/encoder/layer.0/... as in a hand-written module (nodes_to_exclude keep working).
+        base = task in ("feature-extraction", "sentence-embedding")
+        self._network_name = (getattr(network, "base_model_prefix", "") or "model") if base else "model"
+        self.add_module(self._network_name, network)
         self.task = task
         self.input_names = list(input_names)
         self.pooling = pooling
         self.normalize = normalize
         config = network.config
+        self.config = config
         self.additive_mask = getattr(config, "model_type", None) == "bert" and "attention_mask" in input_names
         self.token_types = task != "image-classification" and getattr(config, "type_vocab_size", 0) > 0
         self.register_buffer("_count_eps", torch.tensor(1e-9), persistent=False)
         self.register_buffer("_norm_eps", torch.tensor(1e-12), persistent=False)
+
+    @property
+    def _network(self) -> Any:
+        return getattr(self, self._network_name)
 
     def forward(self, *inputs: Any) -> Any:
         """Run the model on positional inputs (see the class doc); returns one tensor."""
         feed = dict(zip(self.input_names, inputs))
         mask = feed.get("attention_mask")
         if self.task == "image-classification":
-            return self.network(pixel_values=feed["pixel_values"]).logits
+            return self._network(pixel_values=feed["pixel_values"]).logits
         if self.token_types:
             feed["token_type_ids"] = torch.zeros_like(feed["input_ids"])
         if self.additive_mask and mask is not None:
             batch, sequence = mask.shape
             inverted = 1.0 - mask[:, None, None, :].expand(batch, 1, 1, sequence).to(torch.float32)
             feed["attention_mask"] = inverted.masked_fill(inverted.to(torch.bool), torch.finfo(torch.float32).min)
-        out = self.network(**feed)
+        out = self._network(**feed)
         if self.task == "text-classification":
             return out.logits
         states = out.last_hidden_state

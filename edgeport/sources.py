@@ -404,6 +404,9 @@ def load_huggingface(model: ModelSpec) -> torch.nn.Module:
     """
     _offline()
     folder = _hf_folder(model)
+    from transformers.utils import logging as hf_logging  # lazy: see _tokenizer
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars in every step's log
     try:
         network = _hf_module_class(model.task).from_pretrained(
             str(folder), local_files_only=True, trust_remote_code=False, attn_implementation="eager"

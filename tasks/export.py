@@ -190,11 +190,16 @@ def _finalize(path: Path, spec: PipelineSpec, checkpoint_sha256: str) -> int:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:
         raise ExportError(f"onnx.checker rejected the exported model: {' '.join(str(exc).split())[:500]}") from exc
+    _save(model, path)
+    return opset
+
+
+def _save(model: onnx.ModelProto, path: Path) -> None:
+    """Save as one file, or with the weights in ``<name>.data`` next to it above protobuf's 2 GB limit."""
     if model.ByteSize() < _PROTOBUF_LIMIT:
         onnx.save(model, str(path))
-    else:  # protobuf's 2 GB limit: weights next to the model
+    else:
         onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
-    return opset
 
 
 #: Largest ONNX model saved as one file (protobuf's 2 GB limit, with a margin).
@@ -249,14 +254,11 @@ def export_model(spec: PipelineSpec, cache_dir: str | Path | None = None) -> Exp
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=cache_root, prefix=".tmp-") as tmp:
         tmp_path = Path(tmp) / "model.onnx"
-        if model is None:  # an ONNX source: no export, the (external data of the) model is read by _finalize
-            shutil.copyfile(spec.model.onnx, tmp_path)
-            tmp_path = _with_external_data(spec.model.onnx, tmp_path)
+        if model is None:  # an ONNX source: not exported, copied (its external data inlined below 2 GB)
+            _save(onnx.load(str(spec.model.onnx)), tmp_path)
         else:
             _torch_export(spec, model, example, tmp_path)
         opset = _finalize(tmp_path, spec, ckpt_sha)
-        for extra in Path(tmp).glob("*.source-data"):
-            extra.unlink()
         elapsed = time.perf_counter() - start
         result = ExportResult(
             onnx_path=str(onnx_path),
@@ -276,29 +278,6 @@ def export_model(spec: PipelineSpec, cache_dir: str | Path | None = None) -> Exp
         Path(tmp).mkdir()  # TemporaryDirectory cleans up the (now empty) path
     logger.info("exported %s (opset %d, %s) in %.1f s -> %s", spec.model.source_path, opset, result.exporter, elapsed, onnx_path)
     return result
-
-
-def _with_external_data(source: Path, copy: Path) -> Path:
-    """Make ``copy`` (of the ONNX file ``source``) loadable in its folder: the external-data files
-    ``source`` names are linked (or copied) next to it as ``<name>.source-data`` and the copy
-    points at them; :func:`_finalize` then inlines them. Returns ``copy``."""
-    header = onnx.load(str(copy), load_external_data=False)
-    tensors = [t for t in onnx.external_data_helper._get_all_tensors(header) if onnx.external_data_helper.uses_external_data(t)]
-    if not tensors:
-        return copy
-    for tensor in tensors:
-        info = onnx.external_data_helper.ExternalDataInfo(tensor)
-        local = copy.parent / (Path(info.location).name + ".source-data")
-        if not local.exists():
-            try:
-                local.hardlink_to(source.parent / info.location)
-            except OSError:
-                shutil.copyfile(source.parent / info.location, local)
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                entry.value = local.name
-    onnx.save(header, str(copy))
-    return copy
 
 
 EXPORTERS = ("legacy", "dynamo")
