@@ -381,3 +381,50 @@ def test_minilm_folder_matches_sentence_transformers(tmp_path: Path) -> None:
         ours = module(tokens["input_ids"], tokens["attention_mask"]).numpy()
     reference = SentenceTransformer(str(spec.model.huggingface), device="cpu", local_files_only=True).encode(sentences)
     assert np.allclose(ours, reference, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ edgeport init (fast; runs: test_model_sources_e2e.py)
+
+
+def test_init_onnx_with_a_static_batch_writes_that_batch_size(tmp_path: Path) -> None:
+    from edgeport.init import write_spec as init_spec
+
+    result = init_spec(_tiny_onnx(tmp_path / "static.onnx", batch=1), tmp_path / "out" / "pipeline.yaml")
+    written = load_spec(result.path)
+    assert written.model.onnx == (tmp_path / "static.onnx").resolve()
+    assert written.validation.batch_sizes == [1] and written.benchmark.batch_sizes == [1]
+    assert [v.name for v in written.quantization] == ["int8-dynamic"] and written.calibration is None
+    assert any("static (1)" in note for note in result.notes)
+    assert "# the model's batch dim is static (1)" in result.path.read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (lambda t: (t / "w.pt", {}), "a checkpoint needs --factory"),
+        (lambda t: (t / "w.pt", {"factory": "model:DigitsCNN"}), "give --data FILE.npz"),
+        (lambda t: (t / "m.onnx", {"factory": "model:DigitsCNN"}), "apply to checkpoints, not to a onnx source"),
+        (lambda t: (t / "nothing-here.onnx", {}), "no such file or folder"),
+    ],
+    ids=["no-factory", "no-data", "factory-on-onnx", "missing"],
+)
+def test_init_bad_options(tmp_path: Path, args, message: str) -> None:
+    from edgeport.errors import OptionError
+    from edgeport.init import write_spec as init_spec
+
+    torch.save(_digits_state(), tmp_path / "w.pt")
+    _tiny_onnx(tmp_path / "m.onnx")
+    source, kwargs = args(tmp_path)
+    with pytest.raises(OptionError, match=message):
+        init_spec(source, tmp_path / "pipeline.yaml", **kwargs)
+
+
+def test_init_does_not_overwrite_without_force(tmp_path: Path) -> None:
+    from edgeport.errors import OptionError
+    from edgeport.init import write_spec as init_spec
+
+    (tmp_path / "pipeline.yaml").write_text("keep me")
+    with pytest.raises(OptionError, match="exists; give another path or --force"):
+        init_spec(_tiny_onnx(tmp_path / "m.onnx"), tmp_path / "pipeline.yaml")
+    assert (tmp_path / "pipeline.yaml").read_text() == "keep me"
+    assert init_spec(tmp_path / "m.onnx", tmp_path / "pipeline.yaml", force=True).source == "onnx"

@@ -55,8 +55,8 @@ def _init(*args: str) -> None:
 def _assert_registered(summary: dict, uri: str, name: str) -> None:
     assert summary["challenger"] is not None
     versions = MlflowClient(uri).search_model_versions(f"name = '{name}'")
-    assert {v.version for v in versions} == {str(v["model_version"]) for v in summary["variants"] if v["passed"]}
-    assert MlflowClient(uri).get_model_version_by_alias(name, "challenger").version == str(summary["challenger"]["version"])
+    assert {str(v.version) for v in versions} == {str(v["model_version"]) for v in summary["variants"] if v["passed"]}
+    assert str(MlflowClient(uri).get_model_version_by_alias(name, "challenger").version) == str(summary["challenger"]["version"])
 
 
 def test_lightning_checkpoint_registers_a_challenger(cli_env, digits_artifacts, tmp_path, monkeypatch):
