@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeport.checkpoint import load_model
 from edgeport.errors import DataError, OptionError
 from edgeport.files import slug
 from edgeport.sources import describe_source, onnx_static_batch
@@ -122,9 +123,7 @@ def _inputs_from_data(arrays: dict[str, np.ndarray], data: Path) -> list[dict[st
 
 def _checkpoint_io(model: ModelSpec, inputs: list[dict[str, Any]], arrays: dict[str, np.ndarray]) -> list[str]:
     """Output names of a checkpoint's module: one forward pass on two samples of the data."""
-    import torch
-
-    from edgeport.checkpoint import load_model
+    import torch  # lazy: only a checkpoint source needs it here
 
     module = load_model(model)
     with torch.no_grad():
