@@ -12,9 +12,12 @@ what                            check                                           
                                 dynamo >= 18, legacy 7-20) and loadable by the
                                 installed onnx / ONNX Runtime                        RuntimeLoadError
 ``targets``                     local targets resolve (EPs, managed environment)     TargetError
-``model``                       checkpoint readable with ``weights_only=True``,      CheckpointError,
-                                factory imports, one forward pass fits ``inputs``    ModelFactoryError,
-                                                                                     SpecError
+``model``                       checkpoint readable with ``weights_only=True``       CheckpointError,
+                                (or safetensors), factory imports; a Hugging Face    ModelFactoryError,
+                                folder or ``.pt2`` program loads; one forward pass   SpecError
+                                fits ``inputs``. ``onnx``: checker (full check),
+                                shape inference, ONNX Runtime loads it, graph I/O    CheckpointError,
+                                = ``inputs``/``outputs``, one run                    RuntimeLoadError
 ``calibration.dataset``,        every sample read once, in chunks, whatever the      DataError
 ``evaluation.dataset``          kind (``.npz``, image folder, text, function):
                                 readable files, arrays per input, shapes, dtypes,
@@ -49,6 +52,7 @@ from edgeport.data import (
 )
 from edgeport.datasources import DataSource
 from edgeport.errors import DataError, OptionError, RuntimeLoadError, SpecError
+from edgeport.sources import check_onnx_model, example_inputs, onnx_static_batch
 from edgeport.spec import PipelineSpec
 from edgeport.targets import resolve_target
 
@@ -59,13 +63,16 @@ __all__ = [
     "check_export_opset",
     "check_finite",
     "check_forward",
+    "check_onnx_source",
     "check_inputs",
     "check_label_range",
     "check_opset_supported",
     "check_output_dir",
     "check_source",
     "exporter_opset_range",
+    "example_batch_size",
     "min_evaluation_samples",
+    "model_samples",
 ]
 
 #: Samples in the example batch traced by the exporter: 2, because torch.export
@@ -210,6 +217,63 @@ def check_forward(spec: PipelineSpec, model: Any, example: dict[str, np.ndarray]
             f"shape failed with {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
         ) from None
     return args, outputs
+
+
+def example_batch_size(spec: PipelineSpec) -> int:
+    """Samples in the example batch: :data:`EXAMPLE_BATCH`, or the batch size an ONNX model fixes
+    (a static batch dim)."""
+    return onnx_static_batch(spec.inputs) or EXAMPLE_BATCH
+
+
+def model_samples(spec: PipelineSpec, num_samples: int) -> dict[str, np.ndarray]:
+    """Samples for export, checks and validation: the spec's data (:func:`edgeport.data.reference_samples`);
+    for a ``huggingface`` source without data, its tokenizer's / image processor's example inputs
+    (:func:`edgeport.sources.example_inputs`).
+
+    Returns:
+        ``{input name: ndarray of shape (n, *dims)}``.
+    """
+    if spec.evaluation is None and spec.calibration is None:
+        found = example_inputs(spec, num_samples)
+        if found is not None:
+            return found
+    return reference_samples(spec, num_samples)
+
+
+def check_onnx_source(spec: PipelineSpec, example: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Check an ``onnx`` model source (:func:`edgeport.sources.check_onnx_model`), that its graph's
+    inputs and outputs are the spec's, and run it once on ``example``.
+
+    Returns:
+        The outputs of the run, in ``spec.outputs`` order.
+
+    Raises:
+        CheckpointError, RuntimeLoadError: see :func:`~edgeport.sources.check_onnx_model`.
+        SpecError: the graph's inputs / outputs differ from the spec's, or the run fails on inputs
+            of the declared shapes.
+    """
+    import onnxruntime as ort  # lazy: see check_opset_supported
+
+    path = spec.model.onnx
+    proto = check_onnx_model(path)
+    initializers = {i.name for i in proto.graph.initializer}
+    names = [i.name for i in proto.graph.input if i.name not in initializers]
+    if names != [i.name for i in spec.inputs]:
+        raise SpecError(f"inputs: model.onnx {path} has inputs {names}, the spec declares {[i.name for i in spec.inputs]}")
+    outputs = [o.name for o in proto.graph.output]
+    if not set(spec.outputs) <= set(outputs):
+        raise SpecError(f"outputs: model.onnx {path} has outputs {outputs}, the spec declares {list(spec.outputs)}")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    try:
+        return session.run(list(spec.outputs), example)
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+        shapes = {i.name: i.shape for i in spec.inputs}
+        raise SpecError(
+            f"inputs: model.onnx {path} does not run on inputs of the declared shapes {shapes}: "
+            f"{' '.join(str(exc).split())[:300]}"
+        ) from None
 
 
 def _first_output(outputs: Any) -> Any:
@@ -407,7 +471,10 @@ def check_inputs(spec: PipelineSpec, *, output_dir: str | Path | None = None, ou
         RuntimeLoadError: ``export.opset`` beyond the installed onnx / ONNX Runtime.
         TargetError: a local target's EP or managed environment is not available (targets with a
             ``work_pool`` are checked on their device).
-        CheckpointError, ModelFactoryError: the model cannot be built from the checkpoint.
+        CheckpointError, ModelFactoryError: the model cannot be built from its source (checkpoint and
+            factory, Hugging Face folder, ``.pt2`` program), or the ONNX source fails the checker,
+            shape inference or lacks its external data (the message names ``model.<source>``).
+        RuntimeLoadError: also an ONNX source whose opset the installed onnx / ONNX Runtime cannot load.
         DataError: a data file is missing, unreadable, of the wrong shape or dtype, holds NaN/inf,
             has labels outside the model's classes or too few samples for ``evaluation.max_drop``.
         OptionError: ``output_dir`` cannot be a folder.
@@ -428,13 +495,18 @@ def check_inputs(spec: PipelineSpec, *, output_dir: str | Path | None = None, ou
             check_evaluation_size(scan.num_samples, ev.max_drop, source.description)
 
     # torch, onnx and ONNX Runtime are imported from here on: the data checks above fail faster
-    check_export_opset(spec)
-    check_opset_supported(spec.export.opset)
+    if spec.model.source != "onnx":  # an ONNX source is not exported: its own opset is checked below
+        check_export_opset(spec)
+        check_opset_supported(spec.export.opset)
     for target in spec.targets:
         if target.work_pool is None:  # a remote target's EPs and environment are the device's, checked there
             resolve_target(target, check_env=False)  # a missing managed env is created on demand (prepare_targets)
-    model = load_model(spec.model)
-    _, outputs = check_forward(spec, model, batch_arrays(reference_samples(spec, EXAMPLE_BATCH), EXAMPLE_BATCH))
+    size = example_batch_size(spec)
+    example = batch_arrays(model_samples(spec, size), size)
+    if spec.model.source == "onnx":
+        outputs = check_onnx_source(spec, example)
+    else:
+        _, outputs = check_forward(spec, load_model(spec.model), example)
     if labels is not None:
         first = _first_output(outputs)
         shape = tuple(getattr(first, "shape", ()))

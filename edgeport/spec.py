@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -44,8 +45,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from edgeport.errors import SpecError
+from edgeport.errors import EdgeportError, SpecError
 from edgeport.profiles import CURRENT_ENV, ENVIRONMENTS, PROFILES
+from edgeport.sources import describe_source
 
 __all__ = [
     "DATA_KINDS",
@@ -59,7 +61,9 @@ __all__ = [
     "FunctionDataSpec",
     "ImageFolderDataSpec",
     "ImagePreprocessingSpec",
+    "HuggingFaceTask",
     "InputSpec",
+    "MODEL_SOURCES",
     "ModelSpec",
     "NNCFIgnoredScopeSpec",
     "OptimizationSpec",
@@ -95,31 +99,159 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ModelSpec(_Strict):
-    """Where the trained weights are and how to build the ``torch.nn.Module`` they fit."""
+#: The model sources of :class:`ModelSpec`: the field naming each, and the fields that go with it.
+MODEL_SOURCES: dict[str, tuple[str, ...]] = {
+    "checkpoint": ("checkpoint", "factory", "kwargs", "state_dict_key", "strip_prefix", "search_path"),
+    "huggingface": ("huggingface", "task"),
+    "exported_program": ("exported_program",),
+    "onnx": ("onnx",),
+}
 
-    checkpoint: Path = Field(description="Path to the PyTorch checkpoint (a state dict, or a dict holding one).")
-    factory: str = Field(
+#: ``model.task`` values of a ``huggingface`` source.
+HuggingFaceTask = Literal["feature-extraction", "sentence-embedding", "text-classification", "image-classification"]
+
+#: ``model.huggingface: "pkg:PACKAGE/SUBFOLDER"`` names a folder inside an installed Python package.
+_PACKAGE_FOLDER = re.compile(r"^pkg:([A-Za-z_][\w.]*)(?:/(.*))?$")
+
+
+def _package_folder(value: str) -> Path:
+    """The folder of ``pkg:PACKAGE[/SUBFOLDER]``: found with :func:`importlib.util.find_spec`
+    (the package is located, not imported)."""
+    found = _PACKAGE_FOLDER.match(value)
+    name, sub = found.group(1), found.group(2) or ""
+    try:
+        located = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        located = None
+    if located is None or not located.submodule_search_locations:
+        raise ValueError(f"{value!r}: no installed Python package {name!r}")
+    return (Path(next(iter(located.submodule_search_locations))) / sub).resolve()
+
+
+class ModelSpec(_Strict):
+    """Where the model comes from: exactly one source, with the fields that go with it.
+
+    ============================  ===============================================================
+    source                        fields
+    ============================  ===============================================================
+    ``checkpoint`` + ``factory``  PyTorch weights (``torch.save`` state dict, training checkpoint
+                                  such as Lightning's ``.ckpt``, or ``.safetensors``) and the
+                                  ``module:callable`` building the ``nn.Module``; ``kwargs``,
+                                  ``state_dict_key``, ``strip_prefix``, ``search_path``
+    ``huggingface``               a local transformers / sentence-transformers folder; ``task``
+    ``exported_program``          a ``torch.export.save`` archive (``.pt2``)
+    ``onnx``                      an ONNX file (with its external data): not exported
+    ============================  ===============================================================
+
+    A field of another source is refused with an error naming it (e.g. ``model.task``).
+    """
+
+    checkpoint: Path | None = Field(
+        default=None,
+        description="PyTorch weights: a torch.save state dict or a dict holding one (e.g. a Lightning .ckpt), "
+        "read with torch.load(weights_only=True); or a .safetensors file (no pickle). Needs `factory`.",
+    )
+    factory: str | None = Field(
+        default=None,
         description='"module:callable" that builds the nn.Module, e.g. "model:DigitsCNN". '
         "The module is imported with `search_path` prepended to sys.path.",
         pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
     )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the factory.")
     state_dict_key: str | None = Field(
-        default=None, description='Key of the state dict inside the checkpoint dict (e.g. "model_state"); None = the checkpoint is the state dict.'
+        default=None,
+        description='Key of the state dict inside the checkpoint dict (e.g. "model_state"); default: the checkpoint '
+        "itself when it is a state dict, else the one of `state_dict`, `model_state_dict`, `model` that holds one.",
+    )
+    strip_prefix: str | None = Field(
+        default=None,
+        min_length=1,
+        description='Prefix removed from every state-dict key, e.g. "model." for a LightningModule that holds '
+        "the network as `self.model`.",
     )
     search_path: list[Path] = Field(
         default_factory=lambda: [Path(".")],
         validate_default=True,
         description="Folders prepended to sys.path to import the factory module (default: the spec's folder).",
     )
+    huggingface: Path | None = Field(
+        default=None,
+        description="Local transformers or sentence-transformers model folder (config.json, weights, tokenizer or "
+        'image processor), loaded offline with the Auto classes; "pkg:PACKAGE/SUBFOLDER" names a folder inside an '
+        "installed Python package. Needs `task`.",
+    )
+    task: HuggingFaceTask | None = Field(
+        default=None,
+        description="What the `huggingface` model computes: feature-extraction (last_hidden_state), "
+        "sentence-embedding (pooling + normalization per the folder's modules.json), text-classification "
+        "or image-classification (logits).",
+    )
+    exported_program: Path | None = Field(
+        default=None, description="A torch.export.save archive (.pt2), loaded with torch.export.load and exported to ONNX."
+    )
+    onnx: Path | None = Field(
+        default=None,
+        description="An ONNX model (external data next to it): not exported; checked with onnx.checker (full check), "
+        "shape inference and a run at every validation batch size.",
+    )
 
-    _resolve = field_validator("checkpoint", mode="after")(_resolve_path)
+    @field_validator("huggingface", mode="before")
+    @classmethod
+    def _package_path(cls, value: Any) -> Any:
+        if isinstance(value, str) and _PACKAGE_FOLDER.match(value):
+            return _package_folder(value)
+        return value
+
+    _resolve = field_validator("checkpoint", "huggingface", "exported_program", "onnx", mode="after")(_resolve_path)
 
     @field_validator("search_path", mode="after")
     @classmethod
     def _resolve_search_path(cls, value: list[Path], info: ValidationInfo) -> list[Path]:
         return [_resolve_path(p, info) for p in value]  # type: ignore[misc]
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        given = [s for s in MODEL_SOURCES if getattr(self, s) is not None]
+        if len(given) != 1:
+            named = " and ".join(f"model.{s}" for s in given) if given else "none"
+            raise PydanticCustomError(
+                "model_source",
+                "{field}: give exactly one model source: checkpoint (+ factory), huggingface (+ task), "
+                "exported_program or onnx (got {named})",
+                {"field": given[1] if len(given) > 1 else "checkpoint", "named": named},
+            )
+        source = given[0]
+        for name in sorted(self.model_fields_set):
+            if name not in MODEL_SOURCES[source]:
+                owner = next(s for s, fields in MODEL_SOURCES.items() if name in fields)
+                raise PydanticCustomError(
+                    "model_source",
+                    "{field}: belongs to the {owner} source, not to model.{source}",
+                    {"field": name, "owner": owner, "source": source},
+                )
+        if source == "checkpoint" and self.factory is None:
+            raise PydanticCustomError(
+                "model_source",
+                "{field}: model.checkpoint needs model.factory, the \"module:callable\" that builds the nn.Module",
+                {"field": "factory"},
+            )
+        if source == "huggingface" and self.task is None:
+            raise PydanticCustomError(
+                "model_source",
+                "{field}: model.huggingface needs model.task, one of {tasks}",
+                {"field": "task", "tasks": ", ".join(get_args(HuggingFaceTask))},
+            )
+        return self
+
+    @property
+    def source(self) -> str:
+        """``checkpoint``, ``huggingface``, ``exported_program`` or ``onnx``."""
+        return next(s for s in MODEL_SOURCES if getattr(self, s) is not None)
+
+    @property
+    def source_path(self) -> Path:
+        """The file or folder of the source (``model.<source>``)."""
+        return Path(getattr(self, self.source))
 
 
 class InputSpec(_Strict):
@@ -1109,8 +1241,12 @@ class PipelineSpec(_Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     model: ModelSpec
-    inputs: list[InputSpec] = Field(min_length=1)
-    outputs: list[str] = Field(min_length=1)
+    inputs: list[InputSpec] = Field(
+        min_length=1,
+        description="Model inputs; may be left out with a huggingface, exported_program or onnx model source "
+        "(read from the source).",
+    )
+    outputs: list[str] = Field(min_length=1, description="Output names, in the model's order; may be left out like `inputs`.")
     export: ExportSpec = Field(default_factory=ExportSpec)
     validation: ValidationSpec = Field(default_factory=ValidationSpec)
     optimization: OptimizationSpec | None = None
@@ -1122,8 +1258,31 @@ class PipelineSpec(_Strict):
     registry: RegistrySpec
     search: SearchSpec | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _io_from_source(cls, data: Any, info: ValidationInfo) -> Any:
+        """Fill in ``inputs`` / ``outputs`` the spec leaves out from a ``huggingface``,
+        ``exported_program`` or ``onnx`` source (:func:`edgeport.sources.describe_source`)."""
+        if not isinstance(data, dict) or ("inputs" in data and "outputs" in data) or not isinstance(data.get("model"), dict):
+            return data
+        try:
+            model = ModelSpec.model_validate(data["model"], context=info.context)
+        except ValidationError:
+            return data  # reported by the field's own validation
+        if model.source == "checkpoint":
+            return data  # a state dict does not say its inputs: `inputs` / `outputs` stay required
+        try:
+            found = describe_source(model)
+        except EdgeportError as exc:
+            field = f"model.{model.source}"
+            message = str(exc).removeprefix(field).lstrip(": ")
+            raise PydanticCustomError("model_source", "{field}: {message}", {"field": field, "message": message}) from None
+        return {"inputs": found.inputs, "outputs": found.outputs, **data}
+
     @model_validator(mode="after")
     def _consistent(self) -> PipelineSpec:
+        if self.model.source == "onnx" and self.export.exporter == "auto":
+            raise ValueError("export.exporter: auto compares torch exporters; an onnx model source is not exported")
         names = [i.name for i in self.inputs]
         if len(set(names)) != len(names):
             raise ValueError(f"inputs: names must be unique, got {names}")

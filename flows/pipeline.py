@@ -176,12 +176,13 @@ def _write(summary: RunSummary, out: Path) -> None:
 
 
 def _load(spec_path: str, checkpoint: str | None) -> PipelineSpec:
-    """The spec, with ``model.checkpoint`` overridden by ``checkpoint`` (resolved against the cwd)."""
+    """The spec, with its model source file (``model.checkpoint``, ``.onnx``, ``.pt2`` or folder)
+    overridden by ``checkpoint`` (resolved against the cwd)."""
     spec = load_spec(spec_path)
     if checkpoint is not None:
         ckpt = Path(checkpoint).expanduser().resolve()
-        spec = spec.model_copy(update={"model": spec.model.model_copy(update={"checkpoint": ckpt})})
-        get_run_logger().info("checkpoint: %s (overrides model.checkpoint)", ckpt)
+        spec = spec.model_copy(update={"model": spec.model.model_copy(update={spec.model.source: ckpt})})
+        get_run_logger().info("checkpoint: %s (overrides model.%s)", ckpt, spec.model.source)
     return spec
 
 
@@ -348,7 +349,7 @@ def _emit_completed(spec: PipelineSpec, summary: dict[str, Any]) -> None:
             "variant": summary["challenger"]["variant"],
             "tracking_uri": summary["tracking_uri"],
             "spec_path": summary["spec"],
-            "checkpoint": str(spec.model.checkpoint),
+            "checkpoint": str(spec.model.source_path),
             "flow_run_id": (summary["prefect_flow_run"] or {}).get("id"),
         },
     )

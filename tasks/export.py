@@ -1,8 +1,13 @@
-"""Step 1, export: PyTorch checkpoint -> ONNX with dynamic dims, checked and stamped with metadata.
+"""Step 1, export: the model source -> ONNX with dynamic dims, checked and stamped with metadata.
 
-The export is content-addressed: its cache key is the sha256 of the checkpoint, the
-model factory settings, the declared inputs/outputs and the export settings (plus the
-torch and edgeport versions). A re-run with the same key reuses
+Sources (``model``): a PyTorch checkpoint + factory, a Hugging Face folder or a ``.pt2``
+program are exported with ``torch.onnx.export``; an ``onnx`` source is not exported: it is
+checked (:func:`edgeport.sources.check_onnx_model`) and copied into the cache with edgeport's
+metadata, and it is the FP32 model.
+
+The export is content-addressed: its cache key is the sha256 of the source (checkpoint,
+folder, program or ONNX file), the model settings, the declared inputs/outputs and the
+export settings (plus the torch and edgeport versions). A re-run with the same key reuses
 ``$EDGEPORT_HOME/cache/export/<key>/model.onnx`` instead of exporting again.
 """
 
@@ -21,14 +26,22 @@ from prefect import task
 
 import edgeport
 from edgeport.checkpoint import load_model
-from edgeport.checks import EXAMPLE_BATCH, check_forward, check_opset_supported
-from edgeport.data import batch_arrays, reference_samples
+from edgeport.checks import (
+    EXAMPLE_BATCH,
+    check_forward,
+    check_onnx_source,
+    check_opset_supported,
+    example_batch_size,
+    model_samples,
+)
+from edgeport.data import batch_arrays
 from edgeport.errors import (
     CheckpointError,
     ExportError,
 )
 from edgeport.files import file_sha256
 from edgeport.home import export_cache_dir
+from edgeport.sources import source_sha256
 from edgeport.spec import PipelineSpec, spec_digest
 
 logger = logging.getLogger("edgeport.export")
@@ -57,9 +70,9 @@ class ExportResult:
         onnx_path: absolute path of the exported model.
         size_bytes: file size in bytes.
         model_sha256: sha256 of the ONNX file.
-        checkpoint_sha256: sha256 of the source checkpoint.
+        checkpoint_sha256: sha256 of the model source (:func:`edgeport.sources.source_sha256`).
         opset: the default-domain opset of the exported model.
-        exporter: ``dynamo`` or ``legacy``.
+        exporter: ``dynamo`` or ``legacy``; ``onnx`` for an ONNX source (not exported).
         cache_key: the content address (hex sha256).
         cached: True when the export was reused from the cache.
         export_s: seconds spent exporting (0 when cached).
@@ -77,16 +90,21 @@ class ExportResult:
 
 
 def export_cache_key(spec: PipelineSpec, checkpoint_sha256: str) -> str:
-    """Content address of an export: sha256 over the checkpoint hash, model factory settings,
-    inputs/outputs, export settings and the torch/edgeport versions."""
+    """Content address of an export: sha256 over the source's hash (``checkpoint_sha256``: see
+    :func:`edgeport.sources.source_sha256`), the model section, inputs/outputs, export settings
+    and the torch/edgeport versions."""
     import torch
 
+    model = spec.model
     return spec_digest(
         {
             "checkpoint_sha256": checkpoint_sha256,
-            "factory": spec.model.factory,
-            "kwargs": spec.model.kwargs,
-            "state_dict_key": spec.model.state_dict_key,
+            **(
+                {"factory": model.factory, "kwargs": model.kwargs, "state_dict_key": model.state_dict_key}
+                if model.source == "checkpoint"
+                else {"source": model.source, "task": model.task}
+            ),
+            **({"strip_prefix": model.strip_prefix} if model.strip_prefix is not None else {}),
             "inputs": [i.model_dump(mode="json") for i in spec.inputs],
             "outputs": spec.outputs,
             "export": spec.export.model_dump(mode="json"),
@@ -98,10 +116,7 @@ def export_cache_key(spec: PipelineSpec, checkpoint_sha256: str) -> str:
 
 
 def _checkpoint_sha256(spec: PipelineSpec) -> str:
-    path = Path(spec.model.checkpoint)
-    if not path.is_file():
-        raise CheckpointError(f"model.checkpoint: file not found: {path}")
-    return file_sha256(path)
+    return source_sha256(spec.model)
 
 
 def _torch_export(spec: PipelineSpec, model, example: dict, out: Path) -> None:
@@ -151,8 +166,10 @@ def _torch_export(spec: PipelineSpec, model, example: dict, out: Path) -> None:
 
 
 def _finalize(path: Path, spec: PipelineSpec, checkpoint_sha256: str) -> int:
-    """Check the exported model, stamp metadata props, save it as one file; return its opset."""
+    """Check the exported (or, for an ``onnx`` source, copied) model, stamp metadata props, save
+    it as one file (external data when it is over 2 GB); return its opset."""
     model = onnx.load(str(path))
+    source = spec.model.source
     names = [i.name for i in model.graph.input]
     initializers = {i.name for i in model.graph.initializer}
     names = [n for n in names if n not in initializers]
@@ -160,10 +177,10 @@ def _finalize(path: Path, spec: PipelineSpec, checkpoint_sha256: str) -> int:
     if names != expected:
         raise ExportError(f"exported model has inputs {names}, the spec declares {expected}")
     outputs = [o.name for o in model.graph.output]
-    if outputs != list(spec.outputs):
+    if outputs != list(spec.outputs) and not (source == "onnx" and set(spec.outputs) <= set(outputs)):
         raise ExportError(f"exported model has outputs {outputs}, the spec declares {list(spec.outputs)}")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), -1)
-    if opset != spec.export.opset:  # the dynamo exporter falls back to its own opset with only a logged warning
+    if opset != spec.export.opset and source != "onnx":  # the dynamo exporter falls back to its own opset with only a logged warning
         raise ExportError(
             f"export.opset {spec.export.opset}: the {spec.export.exporter} exporter wrote opset {opset} instead"
         )
@@ -172,11 +189,13 @@ def _finalize(path: Path, spec: PipelineSpec, checkpoint_sha256: str) -> int:
     onnx.helper.set_model_props(
         model,
         {
+            **{p.key: p.value for p in model.metadata_props},  # an ONNX source's own props are kept
             "edgeport.version": edgeport.__version__,
             "edgeport.checkpoint_sha256": checkpoint_sha256,
-            "edgeport.checkpoint": str(spec.model.checkpoint),
-            "edgeport.factory": spec.model.factory,
-            "edgeport.exporter": spec.export.exporter,
+            "edgeport.source": source,
+            "edgeport.checkpoint": str(spec.model.source_path),
+            "edgeport.factory": spec.model.factory or "",
+            "edgeport.exporter": "onnx" if source == "onnx" else spec.export.exporter,
             "edgeport.opset": str(opset),
             "edgeport.torch_version": torch.__version__,
         },
@@ -185,16 +204,28 @@ def _finalize(path: Path, spec: PipelineSpec, checkpoint_sha256: str) -> int:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:
         raise ExportError(f"onnx.checker rejected the exported model: {' '.join(str(exc).split())[:500]}") from exc
-    onnx.save(model, str(path))
+    _save(model, path)
     return opset
+
+
+def _save(model: onnx.ModelProto, path: Path) -> None:
+    """Save as one file, or with the weights in ``<name>.data`` next to it above protobuf's 2 GB limit."""
+    if model.ByteSize() < _PROTOBUF_LIMIT:
+        onnx.save(model, str(path))
+    else:
+        onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
+
+
+#: Largest ONNX model saved as one file (protobuf's 2 GB limit, with a margin).
+_PROTOBUF_LIMIT = 1_800_000_000
 
 
 def export_model(spec: PipelineSpec, cache_dir: str | Path | None = None) -> ExportResult:
     """Export the spec's checkpoint to ONNX (or reuse the cached export with the same key).
 
     The traced example is a batch of :data:`EXAMPLE_BATCH` real samples (see
-    :func:`edgeport.data.reference_samples`); every name in ``spec.dynamic_dims`` is
-    exported as a dynamic dim.
+    :func:`edgeport.checks.model_samples`); every name in ``spec.dynamic_dims`` is
+    exported as a dynamic dim. An ``onnx`` source is checked and copied, not exported.
 
     Args:
         spec: the pipeline spec.
@@ -204,7 +235,8 @@ def export_model(spec: PipelineSpec, cache_dir: str | Path | None = None) -> Exp
         :class:`ExportResult`; ``cached`` tells whether the export was reused.
 
     Raises:
-        CheckpointError, ModelFactoryError: the model cannot be built from the checkpoint.
+        CheckpointError, ModelFactoryError: the model cannot be built from its source; an ONNX
+            source fails the checker or lacks its external data.
         RuntimeLoadError: ``export.opset`` is beyond the installed onnx / ONNX Runtime.
         SpecError: the declared input shapes do not fit the model.
         DataError: the sample data does not fit the declared inputs.
@@ -224,14 +256,22 @@ def export_model(spec: PipelineSpec, cache_dir: str | Path | None = None) -> Exp
             return ExportResult(**{**meta, "onnx_path": str(onnx_path), "cached": True, "export_s": 0.0})
         logger.warning("export cache entry %s is corrupt; exporting again", key[:12])
 
-    check_opset_supported(spec.export.opset)
-    model = load_model(spec.model)
-    example = batch_arrays(reference_samples(spec, EXAMPLE_BATCH), EXAMPLE_BATCH)
+    size = example_batch_size(spec)
+    example = batch_arrays(model_samples(spec, size), size)
+    if spec.model.source == "onnx":
+        check_onnx_source(spec, example)
+        model = None
+    else:
+        check_opset_supported(spec.export.opset)
+        model = load_model(spec.model)
     cache_root.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=cache_root, prefix=".tmp-") as tmp:
         tmp_path = Path(tmp) / "model.onnx"
-        _torch_export(spec, model, example, tmp_path)
+        if model is None:  # an ONNX source: not exported, copied (its external data inlined below 2 GB)
+            _save(onnx.load(str(spec.model.onnx)), tmp_path)
+        else:
+            _torch_export(spec, model, example, tmp_path)
         opset = _finalize(tmp_path, spec, ckpt_sha)
         elapsed = time.perf_counter() - start
         result = ExportResult(
@@ -240,7 +280,7 @@ def export_model(spec: PipelineSpec, cache_dir: str | Path | None = None) -> Exp
             model_sha256=file_sha256(tmp_path),
             checkpoint_sha256=ckpt_sha,
             opset=opset,
-            exporter=spec.export.exporter,
+            exporter="onnx" if spec.model.source == "onnx" else spec.export.exporter,
             cache_key=key,
             cached=False,
             export_s=round(elapsed, 3),
@@ -250,7 +290,7 @@ def export_model(spec: PipelineSpec, cache_dir: str | Path | None = None) -> Exp
             shutil.rmtree(folder)
         Path(tmp).rename(folder)  # atomic publish: a half-written export is never visible
         Path(tmp).mkdir()  # TemporaryDirectory cleans up the (now empty) path
-    logger.info("exported %s (opset %d, %s) in %.1f s -> %s", spec.model.checkpoint, opset, spec.export.exporter, elapsed, onnx_path)
+    logger.info("exported %s (opset %d, %s) in %.1f s -> %s", spec.model.source_path, opset, result.exporter, elapsed, onnx_path)
     return result
 
 

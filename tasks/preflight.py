@@ -5,7 +5,8 @@ The checks are :func:`edgeport.checks.check_inputs` (the same ones ``edgeport ru
 also guard runs started by a deployment or trigger. Fails in seconds, with the culprit named,
 on: an ``export.opset`` the exporter, onnx or ONNX Runtime cannot handle; a local target that
 cannot run; a missing/corrupt/unsafe checkpoint; a factory that does not import or does not
-match the checkpoint; declared input shapes that do not fit the model; calibration/evaluation
+match the checkpoint; a Hugging Face folder, ``.pt2`` program or ONNX file that does not load
+or fails the checks of its source; declared input shapes that do not fit the model; calibration/evaluation
 files that are missing, empty, unlabelled, of the wrong shape, non-finite, labelled outside
 the model's classes, or too small for ``evaluation.max_drop``.
 
@@ -25,7 +26,7 @@ from prefect import task
 
 from edgeport.checks import check_inputs
 from edgeport.errors import CheckpointError
-from edgeport.files import file_sha256
+from edgeport.sources import source_sha256
 from edgeport.spec import PipelineSpec
 from edgeport.targets import (
     CURRENT_ENV,
@@ -43,7 +44,7 @@ def preflight(spec: PipelineSpec) -> dict[str, Any]:
     """Check the spec's exporter settings, targets, checkpoint, model and data files.
 
     Returns:
-        ``{"checkpoint_sha256", "calibration_samples", "evaluation_samples", "num_classes", "targets"}``
+        ``{"checkpoint_sha256" (of the model source: :func:`edgeport.sources.source_sha256`), "calibration_samples", "evaluation_samples", "num_classes", "targets"}``
         (counts or None; ``targets``: see :func:`prepare_targets`).
 
     Raises:
@@ -52,9 +53,9 @@ def preflight(spec: PipelineSpec) -> dict[str, Any]:
     """
     report = check_inputs(spec)
     try:
-        sha = file_sha256(spec.model.checkpoint)
+        sha = source_sha256(spec.model)
     except OSError as exc:  # the file went away or became unreadable since it loaded
-        raise CheckpointError(f"model.checkpoint {spec.model.checkpoint}: cannot be read ({exc})") from None
+        raise CheckpointError(f"model.{spec.model.source} {spec.model.source_path}: cannot be read ({exc})") from None
     return {
         "checkpoint_sha256": sha,
         "calibration_samples": report.calibration_samples,

@@ -1,6 +1,6 @@
 """Step 2, validate: ONNX Runtime against a reference, on real samples, at every validation batch size.
 
-Two modes:
+Three modes:
 
 * reference = the PyTorch model (the FP32 export): a **gated** parity check. An element
   passes when ``|ort - torch| <= atol + rtol * |torch|`` (numpy.allclose's rule); one
@@ -10,6 +10,13 @@ Two modes:
 * reference = the FP32 ONNX model (quantized variants): the same comparison is reported,
   not gated (the accuracy gate lives in the evaluation step), but the variant must load,
   run at every batch size with the reference's output shapes, and produce finite outputs.
+* no reference (the FP32 model of an ``onnx`` model source: there is no PyTorch model): a
+  **gated** run check. The model was checked with ``onnx.checker`` (full check) and shape
+  inference by the export step; here it must run at every batch size and give finite outputs
+  of the declared count.
+
+A model whose batch dim is static (an ONNX source exported with a fixed batch) runs only at
+that batch size: the other sizes are skipped with a reason (``report["skipped"]``), not failed.
 """
 
 from __future__ import annotations
@@ -23,8 +30,10 @@ from typing import Any
 import numpy as np
 from prefect import task
 
-from edgeport.data import batch_arrays, reference_samples
-from edgeport.errors import RuntimeLoadError, ValidationFailed
+from edgeport.checks import model_samples
+from edgeport.data import batch_arrays
+from edgeport.errors import CheckpointError, RuntimeLoadError, ValidationFailed
+from edgeport.sources import onnx_static_batch, source_sha256
 from edgeport.spec import PipelineSpec
 from tasks import cache as _cache
 
@@ -153,10 +162,11 @@ def validate_onnx(
     also run at a size the exporter never traced (:func:`shape_cases`).
 
     Returns:
-        The report: ``{"passed", "reference" ("torch"|"fp32"), "gated", "rtol", "atol",
+        The report: ``{"passed", "reference" ("torch"|"fp32"|"none": an ``onnx`` source), "gated", "rtol", "atol",
         "max_abs_err", "max_rel_err", "batch_sizes", "outputs": {output name: {"max_abs_err",
         "max_rel_err", "violations", "nonfinite", "worst": {"batch_size", "index",
-        "actual", "expected", "abs_err"}}}, "error"}``. Also written to ``report_path``.
+        "actual", "expected", "abs_err"}}}, "error"}``, plus ``"skipped": [{"case", "reason"}]``
+        for a static batch dim. Also written to ``report_path``.
 
     Raises:
         ValidationFailed: gated mode and a tolerance breach, a NaN/Inf, or an output shape
@@ -167,12 +177,17 @@ def validate_onnx(
     """
     v = spec.validation
     gated = reference_onnx is None
-    samples = reference_samples(spec, v.num_samples)
+    samples = model_samples(spec, v.num_samples)
     outputs = list(spec.outputs)
-    reference = _torch_reference(spec) if gated else _onnx_reference(reference_onnx, outputs)
+    if not gated:
+        reference, kind = _onnx_reference(reference_onnx, outputs), "fp32"
+    elif spec.model.source == "onnx":
+        reference, kind = None, "none"
+    else:
+        reference, kind = _torch_reference(spec), "torch"
     report: dict[str, Any] = {
         "passed": False,
-        "reference": "torch" if gated else "fp32",
+        "reference": kind,
         "gated": gated,
         "rtol": v.rtol,
         "atol": v.atol,
@@ -206,13 +221,34 @@ def validate_onnx(
     first_error: str | None = None
     per_output: dict[str, list[dict[str, Any]]] = {name: [] for name in outputs}
     cases = shape_cases(spec, samples)
+    static = onnx_static_batch(spec.inputs)
+    if static is not None:
+        report["skipped"] = [
+            {"case": label, "reason": f"the model's batch dim is static ({static}): batch size {bs} cannot run"}
+            for label, bs, _ in cases if bs != static
+        ]
+        for skipped in report["skipped"]:
+            logger.warning("validation of %s: %s skipped: %s", onnx_path, skipped["case"], skipped["reason"])
+        cases = [c for c in cases if c[1] == static] or [(f"batch size {static}", static, batch_arrays(samples, static))]
     report["shapes"] = [label for label, _, _ in cases]
     for where, bs, batch in cases:
-        expected = reference(batch)
         try:
             actual = session.run(outputs, batch)
         except Exception as exc:
             return finish(f"onnxruntime failed at {where}: {' '.join(str(exc).split())[:400]}")
+        if reference is None:  # an ONNX source: no reference, the outputs must be finite
+            for name, a in zip(outputs, actual):
+                bad = int(np.size(a) - np.count_nonzero(np.isfinite(a))) if np.issubdtype(a.dtype, np.floating) else 0
+                per_output[name].append(
+                    {"max_abs_err": 0.0, "max_rel_err": 0.0, "violations": 0, "nonfinite": bad,
+                     "worst": {"index": [], "actual": None, "expected": None, "abs_err": None, "batch_size": bs, "shape_case": where}}
+                )
+                if first_error is None and bad:
+                    first_error = f"output {name!r} at {where} has {bad} NaN/Inf values"
+                if first_error is None and a.ndim and a.shape[0] != bs:
+                    first_error = f"output {name!r} at {where}: first dim {a.shape[0]} is not the batch size {bs}"
+            continue
+        expected = reference(batch)
         for name, a, e in zip(outputs, actual, expected):
             if a.shape != e.shape:
                 return finish(
@@ -264,9 +300,11 @@ def _validate_cache_key(context: object, parameters: dict) -> str | None:
     model_sha = _cache.file_digest(parameters["onnx_path"])
     reference_onnx = parameters.get("reference_onnx")
     if reference_onnx is None:
-        reference = {"torch": _cache.file_digest(spec.model.checkpoint), **_cache.sections(spec, "model")}
-        if reference["torch"] is None:
+        try:
+            digest = source_sha256(spec.model)
+        except CheckpointError:
             return None
+        reference = {"torch": digest, **_cache.sections(spec, "model")}
     else:
         reference = {"onnx": _cache.file_digest(reference_onnx)}
         if reference["onnx"] is None:

@@ -4,6 +4,7 @@ The entry point is ``edgeport.cli:app`` (``pyproject.toml``); ``python -m edgepo
 too. Each module adds its commands to :data:`app` with a ``register(app)`` function:
 
 - :mod:`edgeport.cli.pipeline`: ``run``, ``validate-spec``, ``schema``, ``home``
+- :mod:`edgeport.cli.init`: ``init`` (a spec from a checkpoint, HF folder, ``.pt2`` or ``.onnx``)
 - :mod:`edgeport.cli.bench`: ``bench`` (any ONNX file on any target)
 - :mod:`edgeport.cli.targets`: ``targets list|setup``
 - :mod:`edgeport.cli.servers`: ``servers up|status|env|down``
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import typer
 
-from edgeport.cli import bench, pipeline, registry, servers, service, targets
+from edgeport.cli import bench, init, pipeline, registry, servers, service, targets
 from edgeport.cli.pipeline import print_summary, why_nothing_passed
 
 __all__ = ["app", "print_summary", "why_nothing_passed"]
@@ -34,6 +35,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 pipeline.register(app)
+init.register(app)
 bench.register(app)
 app.add_typer(targets.targets_app, name="targets", help="Hardware targets: list the profiles, set up managed environments.")
 app.add_typer(servers.servers_app, name="servers", help="Local MLflow + Prefect servers: up, status, env, down.")
