@@ -48,6 +48,7 @@ from edgeport.errors import (
     ServerStartError,
 )
 from edgeport.home import edgeport_home
+from edgeport.processes import signal_group
 
 __all__ = [
     "ServersState",
@@ -235,15 +236,8 @@ def stop_process_group(pid: int, timeout_s: float = 30.0) -> None:
         return
 
     def signal_all(sig: int) -> None:
-        try:
-            os.killpg(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-        for p in victims:
-            try:
-                os.kill(p, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
+        for p in {pid, *victims}:  # the group, and any descendant that left it (or leads its own)
+            signal_group(p, sig)
 
     signal_all(signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
