@@ -12,12 +12,17 @@ required:
    intervals of the two medians.
 
 No champion yet: the candidate becomes champion when checks 1-2 pass.
+
+Per target: ``champion-<target>`` and ``previous-champion-<target>`` (:func:`champion_alias`,
+:func:`previous_champion_alias`) are the same pair for one target, moved by the same gate
+comparing on that target; ``champion`` is the pair without a target.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import re
 from typing import Any
 
 from edgeport.errors import PromotionRejected
@@ -29,9 +34,12 @@ __all__ = [
     "PromotionDecision",
     "RollbackResult",
     "VersionRecord",
+    "champion_alias",
     "decide",
     "latency_check",
+    "previous_champion_alias",
     "quality_checks",
+    "target_alias",
     "utc_now",
 ]
 
@@ -39,6 +47,29 @@ __all__ = [
 CHAMPION = "champion"
 #: Alias kept on the champion a promotion replaced (the rollback target).
 PREVIOUS_CHAMPION = "previous-champion"
+
+
+#: Characters MLflow accepts in an alias (``^[\w\-]*$``); anything else in a target name becomes ``-``.
+_NOT_ALIAS_CHAR = re.compile(r"[^\w-]")
+
+
+def target_alias(alias: str, target: str) -> str:
+    """The per-target alias ``<alias>-<target>`` (``challenger-cpu-1t``, ``champion-openvino-cpu``).
+
+    MLflow accepts only letters, digits, ``_`` and ``-`` in an alias, so any other character of the
+    target name (target names may hold ``.``) becomes ``-``: target ``jetson.orin`` -> ``challenger-jetson-orin``.
+    """
+    return f"{alias}-{_NOT_ALIAS_CHAR.sub('-', target)}"
+
+
+def champion_alias(target: str | None = None) -> str:
+    """``champion``, or ``champion-<target>`` (:func:`edgeport.registry.target_alias`) for one target."""
+    return CHAMPION if target is None else target_alias(CHAMPION, target)
+
+
+def previous_champion_alias(target: str | None = None) -> str:
+    """``previous-champion``, or ``previous-champion-<target>`` for one target."""
+    return PREVIOUS_CHAMPION if target is None else target_alias(PREVIOUS_CHAMPION, target)
 
 
 def utc_now() -> str:
@@ -85,7 +116,7 @@ class PromotionDecision:
 
     Attributes:
         registered_model, candidate_version, champion_version (None: no champion before).
-        accepted: True when ``champion`` now points at the candidate.
+        accepted: True when ``champion_alias`` now points at the candidate.
         reason: one line, with the numbers.
         target, batch_size: where the latencies were compared.
         checks: ``[{"name", "passed", "detail"}]`` for validation, quality(, quality_vs_champion), latency.
@@ -95,6 +126,8 @@ class PromotionDecision:
         previous_champion_version: the version now behind ``previous-champion`` (accepted only).
         policy: the :class:`PromotionSpec` applied, as a dict.
         decided_at: ISO 8601 UTC timestamp.
+        champion_alias, previous_champion_alias: the aliases the decision moves (``champion`` /
+            ``previous-champion``, or ``champion-<target>`` / ``previous-champion-<target>``).
     """
 
     registered_model: str
@@ -114,6 +147,8 @@ class PromotionDecision:
     decided_at: str
     tracking_uri: str = ""
     changed: bool = False
+    champion_alias: str = CHAMPION
+    previous_champion_alias: str = PREVIOUS_CHAMPION
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (the flow's return value and the event payload)."""
@@ -126,7 +161,7 @@ class PromotionDecision:
 
     def markdown(self) -> str:
         """The decision as markdown (the Prefect artifact)."""
-        verdict = "**promoted** to `champion`" if self.accepted else "**rejected** (no alias changed)"
+        verdict = f"**promoted** to `{self.champion_alias}`" if self.accepted else "**rejected** (no alias changed)"
         lines = [
             f"# Promotion of {self.registered_model} version {self.candidate_version}: {verdict}",
             "",
@@ -150,20 +185,23 @@ class PromotionDecision:
         lines += ["", "| check | passed | detail |", "|---|---|---|"]
         lines += [f"| {c['name']} | {'yes' if c['passed'] else 'NO'} | {c['detail']} |" for c in self.checks]
         if self.accepted and self.previous_champion_version:
-            lines += ["", f"`{PREVIOUS_CHAMPION}` -> version {self.previous_champion_version}."]
+            lines += ["", f"`{self.previous_champion_alias}` -> version {self.previous_champion_version}."]
         return "\n".join(lines)
 
 
 @dataclasses.dataclass
 class RollbackResult:
-    """The outcome of ``tasks.promote.rollback``: ``champion`` moved from ``from_version`` to ``to_version``;
-    ``previous-champion`` removed."""
+    """The outcome of ``tasks.promote.rollback``: ``champion_alias`` moved from ``from_version`` to
+    ``to_version``; ``previous_champion_alias`` removed (``champion`` / ``previous-champion``, or the
+    pair of one target)."""
 
     registered_model: str
     from_version: str | None
     to_version: str
     rolled_back_at: str
     tracking_uri: str = ""
+    champion_alias: str = CHAMPION
+    previous_champion_alias: str = PREVIOUS_CHAMPION
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (the flow's return value and the event payload)."""
@@ -172,8 +210,8 @@ class RollbackResult:
     def markdown(self) -> str:
         """The rollback as markdown (the Prefect artifact)."""
         return (
-            f"# Rollback of {self.registered_model}\n\n`{CHAMPION}`: version {self.from_version} -> "
-            f"version {self.to_version}; `{PREVIOUS_CHAMPION}` removed ({self.rolled_back_at})."
+            f"# Rollback of {self.registered_model}\n\n`{self.champion_alias}`: version {self.from_version} -> "
+            f"version {self.to_version}; `{self.previous_champion_alias}` removed ({self.rolled_back_at})."
         )
 
 
@@ -269,6 +307,7 @@ def decide(
     policy: PromotionSpec,
     decided_at: str | None = None,
     tracking_uri: str = "",
+    per_target: bool = False,
 ) -> PromotionDecision:
     """The gate's decision on ``candidate`` (nothing is read or written).
 
@@ -282,6 +321,7 @@ def decide(
         policy: the gate's settings.
         decided_at: ISO 8601 time of the decision (default: now, :func:`utc_now`).
         tracking_uri: the (redacted) store, for the record.
+        per_target: the decision is about ``champion-<target>`` (else ``champion``).
 
     Returns:
         The :class:`PromotionDecision`: accepted iff every check passed, and the candidate is
@@ -334,4 +374,6 @@ def decide(
         policy=policy.model_dump(mode="json"),
         decided_at=decided_at or utc_now(),
         tracking_uri=tracking_uri,
+        champion_alias=champion_alias(target if per_target else None),
+        previous_champion_alias=previous_champion_alias(target if per_target else None),
     )

@@ -19,7 +19,8 @@ convert at the edges with :meth:`pydantic.BaseModel.model_validate` and ``model_
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Literal, Union
 
 from pydantic import (
@@ -46,7 +47,9 @@ __all__ = [
     "VariantRecord",
     "gate_verdict",
     "primary_benchmark",
+    "primary_p50_ms",
     "summary_json_schema",
+    "target_winners",
 ]
 
 #: ``not_registered`` of every variant when the quantization search found no configuration within the budget.
@@ -209,11 +212,17 @@ class Challenger(_Record):
 class RunSummary(_Record):
     """``summary.json``: one pipeline run (docs/spec.md#summaryjson).
 
+    ``challenger``: the fastest passing variant on the first target (the alias ``registry.alias``);
+    ``challengers``: per target with a passing variant, the one that got ``<alias>-<target>``
+    (written only when set: runs registered before it existed, and runs where nothing passed, lack it).
+
     ``registration`` is ``pending`` in the file written before MLflow is contacted (then the
     ``mlflow_*`` fields are None), ``done`` once registered. ``cache``: step -> item -> came from
     Prefect's cache; ``timings_s``: step -> seconds; ``search``: the search summary
     (``search.json``) or None without a ``search`` section.
     """
+
+    omit_unset: ClassVar[frozenset[str]] = frozenset({"challengers"})
 
     spec: str
     name: str
@@ -226,6 +235,9 @@ class RunSummary(_Record):
     prefect_flow_run: FlowRunInfo | None = None
     variants: list[VariantRecord] = Field(default_factory=list)
     challenger: Challenger | None = None
+    challengers: dict[str, Challenger] | None = Field(
+        default=None, description="Target -> the registered variant that got the alias <alias>-<target> (fastest passing there)."
+    )
     plots: list[str] = Field(default_factory=list)
     cache: dict[str, dict[str, bool]] = Field(default_factory=dict)
     timings_s: dict[str, Number] = Field(default_factory=dict)
@@ -262,6 +274,52 @@ def primary_benchmark(
         ),
         None,
     )
+
+
+def primary_p50_ms(
+    variant: VariantRecord | Mapping[str, Any], spec: PipelineSpec, *, target: str | None = None, batch_size: int | None = None
+) -> float | None:
+    """p50 latency (ms) of the :func:`primary_benchmark` entry on ``target`` at ``batch_size``
+    (defaults as there); None when there is no such entry or its p50 is missing or not finite."""
+    entry = primary_benchmark(variant, spec, target=target, batch_size=batch_size)
+    value = _get(entry, "p50_ms") if entry is not None else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def target_winners(
+    variants: Iterable[VariantRecord | Mapping[str, Any]], spec: PipelineSpec, *, eligible: Iterable[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The fastest eligible variant on every target: the lowest finite :func:`primary_p50_ms` at the
+    primary batch size (``spec.benchmark.primary``); on a tie the earlier variant wins.
+
+    Args:
+        variants: variant records or their dicts, in pipeline order.
+        spec: the pipeline spec (targets in order, primary batch size).
+        eligible: names of the variants that may win (registration: the registered ones);
+            default those whose ``passed`` is true.
+
+    Returns:
+        ``{target: {"variant": name, "p50_ms": float (ms), "batch_size": int}}`` in the order of
+        ``spec.targets``; a target where no eligible variant has a finite p50 is absent. The first
+        target's winner is the run's ``challenger``.
+    """
+    variants = list(variants)
+    allowed = set(eligible) if eligible is not None else {_get(v, "name") for v in variants if _get(v, "passed")}
+    batch_size = spec.benchmark.primary
+    winners: dict[str, dict[str, Any]] = {}
+    for target in spec.targets:
+        best: dict[str, Any] | None = None
+        for variant in variants:
+            if _get(variant, "name") not in allowed:
+                continue
+            p50 = primary_p50_ms(variant, spec, target=target.name, batch_size=batch_size)
+            if p50 is not None and (best is None or p50 < best["p50_ms"]):
+                best = {"variant": _get(variant, "name"), "p50_ms": p50, "batch_size": batch_size}
+        if best is not None:
+            winners[target.name] = best
+    return winners
 
 
 def gate_verdict(variant: VariantRecord, spec: PipelineSpec, search: Mapping[str, Any] | None = None) -> tuple[bool, str | None]:

@@ -324,6 +324,8 @@ def _register(spec: PipelineSpec, spec_path: str, summary: RunSummary, out: Path
     summary.mlflow_run_url = registration.get("run_url")
     summary.mlflow_experiment_id = registration["experiment_id"]
     summary.challenger = Challenger.model_validate(registration["challenger"]) if registration["challenger"] else None
+    if registration.get("challengers"):  # written only when set (records.RunSummary)
+        summary.challengers = {t: Challenger.model_validate(c) for t, c in registration["challengers"].items()}
     _write(summary, out)
 
 

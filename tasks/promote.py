@@ -29,6 +29,12 @@ Rollback: ``champion`` moves back to the version behind ``previous-champion``; t
 promotion is an error, it never re-promotes the version just rolled back). Both versions get
 ``edgeport.promotion.*`` tags recording it; the event ``edgeport.model.rolled-back`` is emitted.
 
+Per target (``per_target=True`` / ``target=`` of :func:`rollback`; ``edgeport promote --target T``):
+the same gate, comparing on ``T``, moves ``champion-<T>`` / ``previous-champion-<T>``
+(:func:`edgeport.promotion.champion_alias`); the candidate defaults to the version behind
+``challenger-<T>`` (set by registration on the fastest passing variant there). Its decision tags are
+``edgeport.promotion.<T>.*``, so ``champion`` and each target keep their own record on a version.
+
 MLflow alias updates are last-writer-wins: :mod:`flows.promote` serialises promotions and
 rollbacks of one registered model with a Prefect global concurrency limit. The plain functions
 here take an explicit tracking URI; the Prefect tasks are at the bottom.
@@ -56,8 +62,11 @@ from edgeport.promotion import (
     PromotionDecision,
     RollbackResult,
     VersionRecord,
+    champion_alias,
     decide,
     latency_check,
+    previous_champion_alias,
+    target_alias,
     utc_now,
 )
 from edgeport.registry import (
@@ -191,11 +200,12 @@ def promote(
     registered_model: str,
     tracking_uri: str,
     version: str | None = None,
-    alias: str = "challenger",
+    alias: str | None = None,
     target: str | None = None,
     batch_size: int | None = None,
     policy: PromotionSpec | None = None,
     emit_events: bool = True,
+    per_target: bool = False,
 ) -> PromotionDecision:
     """Decide whether a candidate version replaces ``champion`` (:func:`edgeport.promotion.decide`),
     and apply the decision.
@@ -204,13 +214,16 @@ def promote(
         registered_model: MLflow registered model name.
         tracking_uri: MLflow tracking (and registry) URI.
         version: candidate model version; None = the version behind ``alias``.
-        alias: alias naming the candidate when ``version`` is None (default ``challenger``).
+        alias: alias naming the candidate when ``version`` is None (default ``challenger``, or
+            ``challenger-<target>`` with ``per_target``).
         target, batch_size: where to compare p50s; default ``policy.target`` / ``policy.batch_size``,
             else the target and batch size the candidate's pipeline ranked it on (its version
             tags, :func:`edgeport.registry.ranked_on`).
         policy: the gate's settings; default :class:`PromotionSpec` ().
         emit_events: emit the Prefect events (``edgeport.model.promoted`` on acceptance,
             ``edgeport.model.promotion-rejected`` on rejection).
+        per_target: move ``champion-<target>`` / ``previous-champion-<target>`` instead of
+            ``champion`` / ``previous-champion``; ``target`` is then required.
 
     Returns:
         The :class:`PromotionDecision` (accepted or not). A rejection is a normal outcome: it
@@ -223,6 +236,10 @@ def promote(
         RegistryError: MLflow refused a write (aliases changed by this call are restored).
     """
     policy = policy or PromotionSpec()
+    if per_target and not target:
+        raise PromotionError(f"{registered_model}: a per-target promotion needs the target (--target)")
+    alias = alias or (target_alias("challenger", target) if per_target else "challenger")
+    champion_name = champion_alias(target if per_target else None)
     client = registry_client(tracking_uri)
     model = _require_model(client, registered_model, tracking_uri)
     with map_mlflow_errors("reading the candidate", tracking_uri):
@@ -235,7 +252,7 @@ def promote(
             f"{registered_model} version {mv.version}: no ranking target recorded; give the target and batch size (--target, --batch-size)"
         )
     cand = _record(client, mv, target, int(batch_size), tracking_uri)
-    champion_version = _model_alias(model, CHAMPION)
+    champion_version = _model_alias(model, champion_name)
     champ: VersionRecord | None = None
     if champion_version is not None and champion_version != cand.version:
         with map_mlflow_errors("reading the champion", tracking_uri):
@@ -246,7 +263,8 @@ def promote(
             raise PromotionError(f"cannot compare with the champion: {exc}") from exc
 
     decision = decide(
-        registered_model, cand, champ, champion_version, target, int(batch_size), policy, tracking_uri=redact_uri(tracking_uri)
+        registered_model, cand, champ, champion_version, target, int(batch_size), policy,
+        tracking_uri=redact_uri(tracking_uri), per_target=per_target,
     )
     already = champion_version == cand.version
     if decision.accepted:
@@ -258,6 +276,13 @@ def promote(
         _emit(EVENT_PROMOTED if decision.accepted else EVENT_REJECTED, registered_model, decision.to_dict(), cand.version)
     _publish(decision.markdown(), registered_model, f"Promotion decision for {registered_model}")
     return decision
+
+
+def _tag_prefix(decision: PromotionDecision | RollbackResult, target: str | None = None) -> str:
+    """``edgeport.promotion.`` for ``champion``; ``edgeport.promotion.<target>.`` for ``champion-<target>``."""
+    if decision.champion_alias == CHAMPION:
+        return TAG_PREFIX
+    return f"{TAG_PREFIX}{target or getattr(decision, 'target', '')}."
 
 
 def _decision_tags(decision: PromotionDecision) -> dict[str, str]:
@@ -283,7 +308,8 @@ def _decision_tags(decision: PromotionDecision) -> dict[str, str]:
     }
     if flow_run.id:
         tags["flow_run_id"] = str(flow_run.id)
-    return {TAG_PREFIX + k: v for k, v in tags.items()}
+    prefix = _tag_prefix(decision)
+    return {prefix + k: v for k, v in tags.items()}
 
 
 def _write_decision_tags(client: MlflowClient, decision: PromotionDecision, tracking_uri: str) -> None:
@@ -295,37 +321,46 @@ def _write_decision_tags(client: MlflowClient, decision: PromotionDecision, trac
 def _apply(client: MlflowClient, decision: PromotionDecision, tracking_uri: str) -> None:
     """Move the aliases, then write tags and description; restore the aliases if a write fails."""
     name, cand, old = decision.registered_model, decision.candidate_version, decision.champion_version
+    champion, previous = decision.champion_alias, decision.previous_champion_alias
     with map_mlflow_errors("reading aliases", tracking_uri):
         model = client.get_registered_model(name)
-    previous_before = _model_alias(model, PREVIOUS_CHAMPION)
-    if _model_alias(model, CHAMPION) != old:  # only when called without the flow's lock
-        raise PromotionError(f"{name}: champion changed while deciding (now {_model_alias(model, CHAMPION)}, was {old}); run again")
+    previous_before = _model_alias(model, previous)
+    if _model_alias(model, champion) != old:  # only when called without the flow's lock
+        raise PromotionError(f"{name}: {champion} changed while deciding (now {_model_alias(model, champion)}, was {old}); run again")
     try:
         if old is not None:
-            with map_mlflow_errors("setting previous-champion", tracking_uri):
-                client.set_registered_model_alias(name, PREVIOUS_CHAMPION, old)
-        with map_mlflow_errors("setting champion", tracking_uri):
-            client.set_registered_model_alias(name, CHAMPION, cand)
+            with map_mlflow_errors(f"setting {previous}", tracking_uri):
+                client.set_registered_model_alias(name, previous, old)
+        with map_mlflow_errors(f"setting {champion}", tracking_uri):
+            client.set_registered_model_alias(name, champion, cand)
         decision.changed = True
         _write_decision_tags(client, decision, tracking_uri)
         with map_mlflow_errors("updating the old champion and the description", tracking_uri):
             if old is not None:
-                client.set_model_version_tag(name, old, TAG_PREFIX + "superseded_by", cand)
+                client.set_model_version_tag(name, old, _tag_prefix(decision) + "superseded_by", cand)
             mv = client.get_model_version(name, cand)
+            role = "Champion" if champion == CHAMPION else f"Champion on {decision.target} ({champion})"
             note = (
-                f"Champion since {decision.decided_at} (edgeport promote): {decision.reason}. "
+                f"{role} since {decision.decided_at} (edgeport promote): {decision.reason}. "
                 f"Compared on {decision.target}, batch {decision.batch_size}."
             )
             client.update_model_version(name, cand, description=f"{mv.description}\n\n{note}" if mv.description else note)
     except EdgeportError:
-        _restore(client, name, old, previous_before)
+        _restore(client, name, old, previous_before, champion, previous)
         decision.changed = False
         raise
 
 
-def _restore(client: MlflowClient, name: str, champion: str | None, previous: str | None) -> None:
-    """Best effort: put ``champion`` and ``previous-champion`` back as they were."""
-    for alias, version in ((CHAMPION, champion), (PREVIOUS_CHAMPION, previous)):
+def _restore(
+    client: MlflowClient,
+    name: str,
+    champion: str | None,
+    previous: str | None,
+    champion_name: str = CHAMPION,
+    previous_name: str = PREVIOUS_CHAMPION,
+) -> None:
+    """Best effort: put ``champion_name`` and ``previous_name`` back as they were (versions ``champion``, ``previous``)."""
+    for alias, version in ((champion_name, champion), (previous_name, previous)):
         try:
             if version is None:
                 client.delete_registered_model_alias(name, alias)
@@ -335,8 +370,9 @@ def _restore(client: MlflowClient, name: str, champion: str | None, previous: st
             logger.warning("could not restore alias %s of %s to %s", alias, name, version, exc_info=True)
 
 
-def rollback(registered_model: str, tracking_uri: str, emit_events: bool = True) -> RollbackResult:
-    """Move ``champion`` back to the version behind ``previous-champion`` and remove that alias.
+def rollback(registered_model: str, tracking_uri: str, emit_events: bool = True, target: str | None = None) -> RollbackResult:
+    """Move ``champion`` back to the version behind ``previous-champion`` and remove that alias
+    (with ``target``: ``champion-<target>`` and ``previous-champion-<target>``, tags ``edgeport.promotion.<target>.*``).
 
     Tags: ``edgeport.promotion.decision = rolled-back`` (+ ``rolled_back_at``, ``rolled_back_to``)
     on the demoted version, ``edgeport.promotion.decision = restored`` (+ ``restored_at``,
@@ -348,30 +384,35 @@ def rollback(registered_model: str, tracking_uri: str, emit_events: bool = True)
     """
     client = registry_client(tracking_uri)
     model = _require_model(client, registered_model, tracking_uri)
-    previous = _model_alias(model, PREVIOUS_CHAMPION)
-    current = _model_alias(model, CHAMPION)
+    champion_name, previous_name = champion_alias(target), previous_champion_alias(target)
+    previous = _model_alias(model, previous_name)
+    current = _model_alias(model, champion_name)
     if previous is None:
         raise PromotionError(
-            f"{registered_model}: no {PREVIOUS_CHAMPION!r} alias, nothing to roll back to (champion: {current or 'none'})"
+            f"{registered_model}: no {previous_name!r} alias, nothing to roll back to ({champion_name}: {current or 'none'})"
         )
-    result = RollbackResult(registered_model, current, previous, utc_now(), redact_uri(tracking_uri))
+    result = RollbackResult(
+        registered_model, current, previous, utc_now(), redact_uri(tracking_uri),
+        champion_alias=champion_name, previous_champion_alias=previous_name,
+    )
+    prefix = _tag_prefix(result, target)
     tags = {"decision": "restored", "restored_at": result.rolled_back_at, "restored_from": current or "none"}
     demoted = {"decision": "rolled-back", "rolled_back_at": result.rolled_back_at, "rolled_back_to": previous}
     try:
-        with map_mlflow_errors("setting champion", tracking_uri):
-            client.set_registered_model_alias(registered_model, CHAMPION, previous)
-        with map_mlflow_errors("removing previous-champion", tracking_uri):
-            client.delete_registered_model_alias(registered_model, PREVIOUS_CHAMPION)
+        with map_mlflow_errors(f"setting {champion_name}", tracking_uri):
+            client.set_registered_model_alias(registered_model, champion_name, previous)
+        with map_mlflow_errors(f"removing {previous_name}", tracking_uri):
+            client.delete_registered_model_alias(registered_model, previous_name)
         with map_mlflow_errors("tagging", tracking_uri):
             for key, value in tags.items():
-                client.set_model_version_tag(registered_model, previous, TAG_PREFIX + key, value)
+                client.set_model_version_tag(registered_model, previous, prefix + key, value)
             if current is not None and current != previous:
                 for key, value in demoted.items():
-                    client.set_model_version_tag(registered_model, current, TAG_PREFIX + key, value)
+                    client.set_model_version_tag(registered_model, current, prefix + key, value)
     except EdgeportError:
-        _restore(client, registered_model, current, previous)
+        _restore(client, registered_model, current, previous, champion_name, previous_name)
         raise
-    logger.info("rollback of %s: champion %s -> %s", registered_model, current, previous)
+    logger.info("rollback of %s: %s %s -> %s", registered_model, champion_name, current, previous)
     if emit_events:
         _emit(EVENT_ROLLED_BACK, registered_model, result.to_dict(), previous)
     _publish(result.markdown(), registered_model, f"Rollback of {registered_model}")

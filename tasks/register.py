@@ -6,7 +6,12 @@ per variant (size, accuracy and latency metrics; quantization settings as params
 validation / evaluation / benchmark reports as JSON artifacts; the ONNX model,
 logged with ``mlflow.onnx.log_model``). Variants whose gates all passed become
 versions of ``spec.registry.registered_model``; the fastest of them (p50 latency at
-the primary batch size on the first target) gets the alias ``spec.registry.alias``.
+the primary batch size on the first target) gets the alias ``spec.registry.alias``, and on
+every target the fastest there (:func:`edgeport.records.target_winners`) gets
+``<alias>-<target>`` (:func:`edgeport.registry.target_alias`). A version records the targets it
+won (tags ``edgeport.won_targets``, ``edgeport.won.<target>.*``), and its logged MLflow model
+carries the execution providers and session options of the first target it won (else of the
+spec's first target): one file per version, so the other targets' providers are only in tags.
 
 Registration is all-or-nothing: if anything fails, the model versions created by
 the call are deleted again (best effort) and :class:`~edgeport.errors.RegistryError`
@@ -36,9 +41,13 @@ from prefect.cache_policies import NO_CACHE
 import mlflow
 from edgeport.errors import RegistryError
 from edgeport.files import file_sha256
+from edgeport.records import primary_p50_ms, target_winners
 from edgeport.registry import (
     DEFAULT_RETRY,
+    LOGGED_PROVIDERS_TAG,
+    LOGGED_TARGET_TAG,
     REGISTRATION_TAG,
+    TARGET_ALIASES_BEFORE_TAG,
     alias_version,
     check_tracking_uri,
     ensure_experiment,
@@ -54,12 +63,14 @@ from edgeport.registry import (
     registered_model_exists,
     run_url,
     set_alias,
+    target_alias,
     using_store,
     version_exists,
     with_retry_window,
+    won_tags,
 )
-from edgeport.registry.signature import log_onnx
-from edgeport.spec import PipelineSpec, spec_digest
+from edgeport.registry.signature import log_onnx, mlflow_providers
+from edgeport.spec import PipelineSpec, TargetSpec, spec_digest
 
 __all__ = ["BENCHMARK_METRICS", "check_tracking_uri_task", "primary_p50_ms", "register_pipeline", "register_task"]
 
@@ -73,16 +84,6 @@ BENCHMARK_METRICS = (
 
 #: Keys every variant dict handed to :func:`register_pipeline` must have.
 REQUIRED_VARIANT_KEYS = ("name", "kind", "path", "passed")
-
-
-def primary_p50_ms(variant: dict, target: str, batch_size: int) -> float | None:
-    """p50 latency (ms) of ``variant`` on ``target`` at ``batch_size``; None unless a status "ok" entry has it."""
-    for entry in variant.get("benchmarks") or []:
-        if entry.get("target") == target and entry.get("batch_size") == batch_size and entry.get("status") == "ok":
-            value = finite(entry.get("p50_ms"))
-            if value is not None:
-                return value
-    return None
 
 
 def _variant_metrics(variant: dict) -> dict[str, float]:
@@ -163,7 +164,8 @@ def register_pipeline(
     Returns:
         ``{"registration_id", "mlflow_run_id", "experiment_id", "tracking_uri", "run_url" (None unless
         http(s)), "registered_model", "alias", "versions": {variant name: version},
-        "challenger": {"variant", "version", "p50_ms"} | None}``.
+        "challenger": {"variant", "version", "p50_ms"} | None, "challengers": {target: {"variant",
+        "version", "p50_ms"}}}`` (``challengers``: every target with a passing variant, spec order).
 
     Raises:
         RegistryUnavailable: the tracking server did not answer (transient).
@@ -193,11 +195,19 @@ def _register(
     model_existed: bool | None = None
     alias_before: str | None = None
     alias_set = False
+    target_aliases_before: dict[str, str | None] = {}  # per-target aliases this call moved, as they were
     try:
         experiment_id = ensure_experiment(client, spec.registry.experiment, tracking_uri)
         _undo_earlier_attempts(client, model_name, experiment_id, registration_id, spec.registry.alias)
         model_existed = registered_model_exists(client, model_name)
-        first_target, primary = spec.targets[0].name, spec.benchmark.primary
+        first_target = spec.targets[0].name
+        # the per-target pick needs only the records: known before logging, so each version's
+        # MLflow model carries the providers of the first target it won
+        winners = target_winners(variants, spec)
+        logged_for: dict[str, TargetSpec] = {}
+        for target in reversed(spec.targets):
+            if target.name in winners:
+                logged_for[winners[target.name]["variant"]] = target
         with using_store(tracking_uri):
             with mlflow.start_run(
                 experiment_id=experiment_id,
@@ -215,11 +225,18 @@ def _register(
 
                 versions: dict[str, str] = {}
                 for variant in variants:
-                    version = _log_variant(client, spec, variant, experiment_id, run_id, created, registration_id)
+                    version = _log_variant(
+                        client, spec, variant, experiment_id, run_id, created, registration_id,
+                        logged_target=logged_for.get(variant["name"]),
+                    )
                     if version is not None:
                         versions[variant["name"]] = version
 
-                challenger = _pick_challenger(variants, versions, first_target, primary)
+                challengers = {
+                    t: {"variant": w["variant"], "version": versions[w["variant"]], "p50_ms": w["p50_ms"]}
+                    for t, w in winners.items() if w["variant"] in versions
+                }
+                challenger = challengers.get(first_target)
                 if challenger is not None:
                     alias_before = alias_version(client, model_name, spec.registry.alias)
                     if alias_before is not None:  # lets a later attempt restore it after an outage
@@ -230,6 +247,17 @@ def _register(
                         "edgeport.challenger.variant": challenger["variant"],
                         "edgeport.challenger.version": challenger["version"],
                     })
+                if challengers:
+                    for target_name in challengers:
+                        alias = target_alias(spec.registry.alias, target_name)
+                        target_aliases_before[alias] = alias_version(client, model_name, alias)
+                    mlflow.set_tag(TARGET_ALIASES_BEFORE_TAG, json.dumps(target_aliases_before, sort_keys=True))
+                    for target_name, won in challengers.items():
+                        set_alias(client, model_name, target_alias(spec.registry.alias, target_name), won["version"])
+                    _tag_winners(client, spec, challengers)
+                    mlflow.set_tag("edgeport.challengers", json.dumps(
+                        {t: {"variant": w["variant"], "version": w["version"]} for t, w in challengers.items()}
+                    ))
                 mlflow.set_tags({
                     "edgeport.registered_model": model_name,
                     "edgeport.versions": json.dumps(versions, sort_keys=True),
@@ -248,12 +276,13 @@ def _register(
             "alias": spec.registry.alias,
             "versions": versions,
             "challenger": challenger,
+            "challengers": challengers,
         }
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "registration.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
         return result
     except Exception as exc:
-        _rollback(client, model_name, created, model_existed, spec.registry.alias, alias_before, alias_set)
+        _rollback(client, model_name, created, model_existed, spec.registry.alias, alias_before, alias_set, target_aliases_before)
         undone = f"; deleted the {len(created)} version(s) it had created ({', '.join(created)})" if created else ""
         raise mlflow_error(exc, f"registering {model_name!r}", tracking_uri, wrap_all=True, detail=undone) from exc
 
@@ -286,10 +315,15 @@ def _log_variant(
     parent_run_id: str,
     created: list[str],
     registration_id: str | None = None,
+    logged_target: TargetSpec | None = None,
 ) -> str | None:
-    """One nested run for ``variant``; registers it when it passed. Returns the version or None."""
+    """One nested run for ``variant``; registers it when it passed. Returns the version or None.
+
+    The MLflow model is logged with ``logged_target``'s providers and session options (default:
+    the spec's first target)."""
     name, passed = variant["name"], bool(variant["passed"])
     first_target, primary = spec.targets[0].name, spec.benchmark.primary
+    logged_target = logged_target or spec.targets[0]
     lineage = variant.get("lineage") or {}
     tags = {
         "edgeport.variant": name,
@@ -328,7 +362,7 @@ def _log_variant(
 
         path = Path(variant["path"])
         try:
-            model_info = log_onnx(spec, path)
+            model_info = log_onnx(spec, path, logged_target)
         except Exception:
             if passed:
                 raise
@@ -338,7 +372,7 @@ def _log_variant(
         if not passed:
             return None
 
-        p50 = primary_p50_ms(variant, first_target, primary)
+        p50 = primary_p50_ms(variant, spec, target=first_target, batch_size=primary)
         evaluation = variant.get("evaluation") or {}
         version_tags = {
             "variant": name,
@@ -352,6 +386,8 @@ def _log_variant(
             "edgeport.mlflow_run_id": run.info.run_id,
             "edgeport.parent_run_id": parent_run_id,
             "edgeport.spec_name": spec.name,
+            LOGGED_TARGET_TAG: logged_target.name,
+            LOGGED_PROVIDERS_TAG: json.dumps(mlflow_providers(logged_target)),
         }
         if registration_id:
             version_tags[REGISTRATION_TAG] = registration_id
@@ -368,15 +404,16 @@ def _log_variant(
         return str(mv.version)
 
 
-def _pick_challenger(variants: list[dict], versions: dict[str, str], target: str, batch_size: int) -> dict | None:
-    best: dict | None = None
-    for variant in variants:
-        if variant["name"] not in versions:
-            continue
-        p50 = primary_p50_ms(variant, target, batch_size)
-        if p50 is not None and (best is None or p50 < best["p50_ms"]):
-            best = {"variant": variant["name"], "version": versions[variant["name"]], "p50_ms": p50}
-    return best
+def _tag_winners(client: MlflowClient, spec: PipelineSpec, challengers: dict[str, dict]) -> None:
+    """Write :func:`edgeport.registry.won_tags` on every version that won a target."""
+    targets = {t.name: t for t in spec.targets}
+    by_version: dict[str, dict[str, tuple[int, float]]] = {}
+    for target_name, won in challengers.items():
+        by_version.setdefault(won["version"], {})[target_name] = (spec.benchmark.primary, won["p50_ms"])
+    for version, wins in by_version.items():
+        providers = {t: json.dumps(mlflow_providers(targets[t])) for t in wins}
+        for key, value in won_tags(wins, providers).items():
+            client.set_model_version_tag(spec.registry.registered_model, version, key, value)
 
 
 def _undo_earlier_attempts(client: MlflowClient, name: str, experiment_id: str, registration_id: str, alias: str) -> None:
@@ -396,10 +433,24 @@ def _undo_earlier_attempts(client: MlflowClient, name: str, experiment_id: str, 
     restore = None
     if aliased is not None and aliased in {str(mv.version) for mv in leftovers}:
         restore = next((r.data.tags.get("edgeport.alias_before") for r in runs if r.data.tags.get("edgeport.alias_before")), None)
+    deleted = {str(mv.version) for mv in leftovers}
+    target_restore: dict[str, str] = {}  # per-target aliases the earlier attempt had moved onto a deleted version
+    for run in runs:
+        try:
+            before = json.loads(run.data.tags.get(TARGET_ALIASES_BEFORE_TAG) or "{}")
+        except ValueError:
+            before = {}
+        for target_alias_name, version in before.items():
+            if version is not None and target_alias_name not in target_restore:
+                target_restore[target_alias_name] = str(version)
+    target_restore = {a: v for a, v in target_restore.items() if alias_version(client, name, a) in (None, *deleted)}
     for run in runs:
         client.delete_run(run.info.run_id)
     if restore is not None and version_exists(client, name, restore):
         client.set_registered_model_alias(name, alias, restore)
+    for target_alias_name, version in target_restore.items():
+        if version not in deleted and version_exists(client, name, version):
+            client.set_registered_model_alias(name, target_alias_name, version)
     logger.warning(
         "registration %s: removed what an interrupted attempt left behind: %d model version(s) of %r, %d run(s)",
         registration_id, len(leftovers), name, len(runs),
@@ -414,8 +465,11 @@ def _rollback(
     alias: str,
     alias_before: str | None,
     alias_set: bool,
+    target_aliases_before: dict[str, str | None] | None = None,
 ) -> None:
-    """Best effort: delete the versions this call created, restore the alias, drop a model it created."""
+    """Best effort: delete the versions this call created, restore the aliases (``alias`` and the
+    per-target ones in ``target_aliases_before``: alias -> version before, None = none), drop a
+    model it created."""
     for version in reversed(created):
         try:
             client.delete_model_version(name, version)
@@ -424,6 +478,12 @@ def _rollback(
     if alias_set and alias_before is not None and alias_before not in created:
         with contextlib.suppress(Exception):
             client.set_registered_model_alias(name, alias, alias_before)
+    for target_alias_name, before in (target_aliases_before or {}).items():
+        with contextlib.suppress(Exception):
+            if before is not None and before not in created:
+                client.set_registered_model_alias(name, target_alias_name, before)
+            elif before is None and alias_version(client, name, target_alias_name) is not None:
+                client.delete_registered_model_alias(name, target_alias_name)
     if model_existed is False and created:
         try:
             if not client.search_model_versions(f"name = '{name}'"):

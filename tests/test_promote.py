@@ -195,7 +195,7 @@ def test_faster_candidate_replaces_the_champion(digits_run):
     decision = promote_flow(model, tracking_uri=uri)  # the alias challenger: the fastest, "fast"
     assert decision["candidate_version"] == v["fast"] and decision["accepted"], decision["reason"]
     assert decision["champion_version"] == v["base"] and decision["change_pct"] == pytest.approx(-50.0)
-    assert aliases(uri, model) == {"challenger": v["fast"], CHAMPION: v["fast"], PREVIOUS_CHAMPION: v["base"]}
+    assert aliases(uri, model) == {"challenger": v["fast"], "challenger-cpu": v["fast"], CHAMPION: v["fast"], PREVIOUS_CHAMPION: v["base"]}
 
     tags = version_tags(uri, model, v["fast"])
     assert tags["edgeport.promotion.decision"] == "accepted"
@@ -276,7 +276,7 @@ def test_rollback_moves_champion_back_once(digits_run):
     assert promote(model, uri, version=v["a"]).accepted and promote(model, uri, version=v["b"]).accepted
     result = rollback_flow(model, tracking_uri=uri)
     assert (result["from_version"], result["to_version"]) == (v["b"], v["a"])
-    assert aliases(uri, model) == {"challenger": v["b"], CHAMPION: v["a"]}
+    assert aliases(uri, model) == {"challenger": v["b"], "challenger-cpu": v["b"], CHAMPION: v["a"]}
     assert version_tags(uri, model, v["b"])["edgeport.promotion.decision"] == "rolled-back"
     assert version_tags(uri, model, v["a"])["edgeport.promotion.restored_from"] == v["b"]
     assert read_events("edgeport.model.rolled-back", f"edgeport.registered-model.{model}")
@@ -387,7 +387,7 @@ def test_cli_exit_codes(digits_run, cli_env):
     first = invoke("promote", model, "--version", v["a"])
     assert first.exit_code == 0, first.output
     assert "promoted" in first.output and "p50 ms" in first.output
-    slow = invoke("promote", model, "--version", v["slow"], "--target", "cpu", "--batch-size", "32")
+    slow = invoke("promote", model, "--version", v["slow"], "--batch-size", "32")  # compared on its ranking target, cpu
     assert slow.exit_code == 2, slow.output
     assert "not promoted" in slow.output and "latency" in slow.output
     fast = invoke("promote", model)  # alias challenger -> the fastest

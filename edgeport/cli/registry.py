@@ -8,6 +8,8 @@ promotion slot (a Prefect global concurrency limit)::
     edgeport promote digits-cnn --version 7 --target cpu-1t --batch-size 1
     edgeport promote digits-cnn --spec examples/digits/pipeline.yaml   # its registry.promotion gate
     edgeport rollback digits-cnn
+    edgeport promote digits-cnn --target cpu-1t      # challenger-cpu-1t -> champion-cpu-1t, compared on cpu-1t
+    edgeport rollback digits-cnn --target cpu-1t
 
 Exit codes of ``promote``: 0 promoted; 2 rejected by the gate (the reason is printed; no alias
 changed); 1 error (unknown model/version/alias, metrics missing for the target and batch size,
@@ -70,8 +72,9 @@ def print_decision(decision: dict[str, Any]) -> None:
         console.print(f"  {mark} {check['name']}: {escape(check['detail'])}", soft_wrap=True)
     if decision["accepted"]:
         prev = decision.get("previous_champion_version")
-        tail = f"; previous-champion -> version {prev}" if prev else ""
-        console.print(f"[green]promoted[/]: {decision['registered_model']} champion -> version {decision['candidate_version']}{tail}")
+        champion = decision.get("champion_alias", "champion")
+        tail = f"; {decision.get('previous_champion_alias', 'previous-champion')} -> version {prev}" if prev else ""
+        console.print(f"[green]promoted[/]: {decision['registered_model']} {champion} -> version {decision['candidate_version']}{tail}")
     else:
         console.print(f"[yellow]not promoted[/] (no alias changed): {escape(decision['reason'])}", soft_wrap=True)
 
@@ -80,13 +83,17 @@ def promote(
     model: Annotated[str, typer.Argument(help="Registered model name.")],
     version: Annotated[str | None, typer.Option("--version", "-v", help="Candidate model version.")] = None,
     alias: Annotated[str | None, typer.Option("--alias", "-a", help="Alias naming the candidate (default challenger).")] = None,
-    target: Annotated[str | None, typer.Option("--target", "-t", help="Target to compare on (overrides the spec).")] = None,
+    target: Annotated[
+        str | None,
+        typer.Option("--target", "-t", help="Promote to champion-TARGET (candidate default challenger-TARGET), compared on TARGET."),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", min=1, help="Batch size to compare at.")] = None,
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI.")] = None,
     spec: Annotated[Path | None, typer.Option("--spec", help="Pipeline spec whose registry.promotion sets the gate.")] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
-    """Promote a version of MODEL to `champion` if it passes the gate (quality, validation, p50 vs the champion)."""
+    """Promote a version of MODEL to `champion` (with --target T: `champion-T`, compared on T) if it passes
+    the gate (quality, validation, p50 vs the champion)."""
     if version is not None and alias is not None:
         err_console.print("[bold red]error:[/] give --version or --alias, not both")
         raise typer.Exit(EXIT_ERROR)
@@ -97,11 +104,12 @@ def promote(
         decision = promote_flow(
             model,
             version=version,
-            alias=alias or "challenger",
+            alias=alias,
             target=target,
             batch_size=batch_size,
             tracking_uri=tracking_uri,
             spec_path=str(spec.expanduser().resolve()) if spec else None,
+            per_target=target is not None,
         )
     except EdgeportError as exc:
         fail(exc, debug)
@@ -115,19 +123,23 @@ def rollback(
     model: Annotated[str, typer.Argument(help="Registered model name.")],
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI.")] = None,
     spec: Annotated[Path | None, typer.Option("--spec", help="Pipeline spec (for its registry.tracking_uri).")] = None,
+    target: Annotated[str | None, typer.Option("--target", "-t", help="Roll back champion-TARGET instead of champion.")] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
-    """Move `champion` of MODEL back to the version behind `previous-champion` (that alias is then removed)."""
+    """Move `champion` (with --target T: `champion-T`) of MODEL back to the version behind
+    `previous-champion` (`previous-champion-T`); that alias is then removed."""
     _prepare(debug)
     from flows.promote import rollback_flow
 
     try:
-        result = rollback_flow(model, tracking_uri=tracking_uri, spec_path=str(spec.expanduser().resolve()) if spec else None)
+        result = rollback_flow(
+            model, tracking_uri=tracking_uri, spec_path=str(spec.expanduser().resolve()) if spec else None, target=target
+        )
     except Exception as exc:  # noqa: BLE001 - EdgeportError or unexpected: a message, not a traceback
         fail(exc, debug)
     console.print(
-        f"[green]rolled back[/]: {model} champion version {result['from_version']} -> version {result['to_version']}; "
-        "previous-champion removed"
+        f"[green]rolled back[/]: {model} {result['champion_alias']} version {result['from_version']} -> version "
+        f"{result['to_version']}; {result['previous_champion_alias']} removed"
     )
     raise typer.Exit(EXIT_PROMOTED)
 

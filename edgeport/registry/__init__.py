@@ -58,11 +58,17 @@ from edgeport.registry.retry import (
     with_retry_window,
 )
 from edgeport.registry.tags import (
+    LOGGED_PROVIDERS_TAG,
+    LOGGED_TARGET_TAG,
     RANKED_BATCH_SIZE_TAG,
     RANKED_TARGET_TAG,
     REGISTRATION_TAG,
+    TARGET_ALIASES_BEFORE_TAG,
+    WON_TARGETS_TAG,
     ranked_on,
     ranked_tags,
+    target_alias,
+    won_tags,
 )
 from edgeport.registry.uri import (
     artifact_location_for,
@@ -78,11 +84,15 @@ from edgeport.registry.uri import (
 __all__ = [
     "DEFAULT_RETRY",
     "INTERACTIVE_RETRY",
+    "LOGGED_PROVIDERS_TAG",
+    "LOGGED_TARGET_TAG",
     "PENDING_FILE",
     "PREFECT_MAX_RETRY_DELAYS",
     "RANKED_BATCH_SIZE_TAG",
     "RANKED_TARGET_TAG",
     "REGISTRATION_TAG",
+    "TARGET_ALIASES_BEFORE_TAG",
+    "WON_TARGETS_TAG",
     "alias_version",
     "artifact_location_for",
     "check_tracking_uri",
@@ -115,8 +125,10 @@ __all__ = [
     "safe_name",
     "set_alias",
     "sqlite_db_path",
+    "target_alias",
     "using_store",
     "version_exists",
     "with_retry_window",
+    "won_tags",
     "write_pending_registration",
 ]

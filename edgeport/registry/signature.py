@@ -16,9 +16,13 @@ from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 from edgeport.data import reference_samples
-from edgeport.spec import PipelineSpec
+from edgeport.spec import PipelineSpec, TargetSpec
 
-__all__ = ["input_example", "log_onnx", "onnx_signature"]
+__all__ = ["input_example", "log_onnx", "mlflow_providers", "mlflow_session_options", "onnx_signature"]
+
+#: ``graph_optimization_level`` of a target as MLflow's ONNX flavour takes it (ONNX Runtime's
+#: ``GraphOptimizationLevel`` values: ORT_DISABLE_ALL 0, ORT_ENABLE_BASIC 1, ORT_ENABLE_EXTENDED 2, ORT_ENABLE_ALL 99).
+_OPT_LEVELS = {"disable": 0, "basic": 1, "extended": 2, "all": 99}
 
 #: Above this file size (bytes) the model is logged with external data (protobuf's limit is 2 GiB).
 EXTERNAL_DATA_ABOVE_BYTES = 1_500_000_000
@@ -87,24 +91,67 @@ def onnx_signature(model: onnx.ModelProto, path: Path, example: dict[str, np.nda
     )
 
 
-def log_onnx(spec: PipelineSpec, path: Path) -> Any:
+def mlflow_providers(target: TargetSpec) -> list[str | list[Any]]:
+    """The target's execution providers as ``mlflow.onnx.log_model(onnx_execution_providers=...)``
+    takes them: a name, or ``[name, {option: str}]`` when the target sets options for it (a list,
+    not a tuple: it round-trips through the MLmodel YAML; MLflow's loader turns it back into the
+    ``(name, options)`` tuple ONNX Runtime wants). ``CPUExecutionProvider`` is appended when
+    missing, so a model always has a provider to fall back on.
+
+    Providers the loading environment's onnxruntime lacks (e.g. the OpenVINO EP, which edgeport runs
+    in a managed environment) do not make loading fail: MLflow's loader (``mlflow.onnx``,
+    ``_OnnxModelWrapper``) drops unavailable providers with a warning and keeps the others.
+    """
+    out: list[str | list[Any]] = []
+    for name in target.providers:
+        options = target.provider_options.get(name)
+        if options:
+            out.append([name, {k: ("true" if v is True else "false" if v is False else str(v)) for k, v in options.items()}])
+        else:
+            out.append(name)
+    if "CPUExecutionProvider" not in target.providers:
+        out.append("CPUExecutionProvider")
+    return out
+
+
+def mlflow_session_options(target: TargetSpec) -> dict[str, Any]:
+    """The target's ONNX Runtime session options as ``mlflow.onnx.log_model(onnx_session_options=...)``
+    takes them, i.e. as the benchmark runner (:func:`edgeport.runner.session_options`) set them:
+    thread counts (0 = ONNX Runtime's default; MLflow then leaves the default), execution mode,
+    graph optimization level (0 / 1 / 2 / 99) and the config entries
+    ``session.intra_op.allow_spinning`` / ``session.inter_op.allow_spinning`` = ``"0"``.
+
+    Note: MLflow's loader skips a falsy value, so ``graph_optimization_level: disable`` (0) is
+    recorded in the MLmodel file but a pyfunc load applies ONNX Runtime's default (all).
+    """
+    return {
+        "intra_op_num_threads": target.intra_op_num_threads,
+        "inter_op_num_threads": target.inter_op_num_threads,
+        "execution_mode": target.execution_mode,
+        "graph_optimization_level": _OPT_LEVELS[target.graph_optimization_level],
+        "extra_session_config": {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"},
+    }
+
+
+def log_onnx(spec: PipelineSpec, path: Path, target: TargetSpec | None = None) -> Any:
     """``mlflow.onnx.log_model`` (into the active run, artifact ``model``) of a FRESH ModelProto
     loaded from ``path`` (log_model moves tensors to external data in place, so a proto must not
     be reused), with :func:`onnx_signature`, :func:`input_example`, pinned onnx / onnxruntime
-    requirements and the first target's execution providers (+ CPU). Returns MLflow's ModelInfo."""
+    requirements, and ``target``'s execution providers (:func:`mlflow_providers`) and session
+    options (:func:`mlflow_session_options`), so a pyfunc load runs the model as that target was
+    benchmarked. ``target`` defaults to the spec's first target. Returns MLflow's ModelInfo."""
+    target = target or spec.targets[0]
     model = onnx.load(str(path))
     example = input_example(model, spec)
     signature = onnx_signature(model, path, example)
-    providers = list(spec.targets[0].providers)
-    if "CPUExecutionProvider" not in providers:
-        providers.append("CPUExecutionProvider")
     return mlflow.onnx.log_model(
         model,
         name="model",
         signature=signature,
         input_example=example,
         pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
-        onnx_execution_providers=providers,
+        onnx_execution_providers=mlflow_providers(target),
+        onnx_session_options=mlflow_session_options(target),
         # one self-contained model.onnx unless protobuf's 2 GiB limit forces external data
         save_as_external_data=path.stat().st_size > EXTERNAL_DATA_ABOVE_BYTES,
     )
