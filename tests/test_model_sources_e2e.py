@@ -153,7 +153,12 @@ def minilm_data(tmp_path_factory) -> dict[str, Path]:
     arrays = {"input_ids": tokens["input_ids"].astype(np.int64), "attention_mask": tokens["attention_mask"].astype(np.int64)}
     np.savez(out / "calibration.npz", **arrays)
     np.savez(out / "eval.npz", **arrays, embeddings=embeddings.astype(np.float32))
-    return {"folder": folder, "calibration": out / "calibration.npz", "eval": out / "eval.npz"}
+    (out / "sentences.txt").write_text("".join(s + "\n" for s in sentences))  # the same sentences, for `kind: text`
+    np.save(out / "embeddings.npy", embeddings.astype(np.float32))
+    return {
+        "folder": folder, "calibration": out / "calibration.npz", "eval": out / "eval.npz",
+        "text": out / "sentences.txt", "embeddings": out / "embeddings.npy",
+    }
 
 
 def test_minilm_example_from_its_huggingface_folder(cli_env, minilm_data, tmp_path, monkeypatch):
@@ -165,8 +170,10 @@ def test_minilm_example_from_its_huggingface_folder(cli_env, minilm_data, tmp_pa
     assert data["evaluation"]["min_cosine"] == 0.99
     data["export"]["exporter"] = "legacy"
     data["validation"] = {"batch_sizes": [1, 3], "num_samples": 8}
-    data["calibration"].update(dataset=str(minilm_data["calibration"]), num_samples=16, batch_size=8, chunk_size=8)
-    data["evaluation"]["dataset"] = str(minilm_data["eval"])
+    assert data["calibration"]["dataset"]["kind"] == data["evaluation"]["dataset"]["kind"] == "text"  # text files, no .npz
+    text = {"kind": "text", "path": str(minilm_data["text"]), "max_length": 32}
+    data["calibration"].update(dataset=text, num_samples=16, batch_size=8, chunk_size=8)
+    data["evaluation"]["dataset"] = {**text, "reference": str(minilm_data["embeddings"])}
     data["quantization"] = [q for q in data["quantization"] if q["name"] == "int8-dynamic"]
     data["targets"] = [{"name": "cpu"}]
     data["benchmark"] = {"batch_sizes": [1], "warmup": 2, "repetitions": 20, "time_budget_s": 0.5, "timeout_s": 300}

