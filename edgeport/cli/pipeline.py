@@ -80,6 +80,14 @@ def run(
             "`unavailable`, with the command that sets them up, and run the others.",
         ),
     ] = False,
+    register_always: Annotated[
+        bool,
+        typer.Option(
+            "--register-always",
+            help="Register every passing variant as a new model version, even when an identical version exists "
+            "(default: reuse it; the spec's registry.register_always).",
+        ),
+    ] = False,
 ) -> None:
     """Run the pipeline flow for SPEC and write summary.json.
 
@@ -104,7 +112,7 @@ def run(
     if no_env_setup:  # read by the flow's preflight (edgeport.targets.env_setup_enabled)
         os.environ[ENV_SETUP_VAR] = "never"
     try:
-        summary = pipeline(str(spec.resolve()), output_dir=str(out), tracking_uri=tracking_uri)
+        summary = pipeline(str(spec.resolve()), output_dir=str(out), tracking_uri=tracking_uri, register_always=register_always)
     except EdgeportError as exc:
         fail(exc, debug)
     except Exception as exc:  # an unexpected failure: still a message, not a traceback
