@@ -222,6 +222,9 @@ def _register(
         experiment_id = ensure_experiment(client, spec.registry.experiment, tracking_uri)
         _undo_earlier_attempts(client, model_name, experiment_id, registration_id, spec.registry.alias)
         model_existed = registered_model_exists(client, model_name)
+        checkpoint = _checkpoint_sha256(variants)
+        identity = {v["name"]: variant_identity(spec, v, checkpoint) for v in variants if v["passed"]}
+        existing = {} if register_always else _identical_versions(client, model_name, identity)
         first_target, primary = spec.targets[0].name, spec.benchmark.primary
         with using_store(tracking_uri):
             with mlflow.start_run(
@@ -239,19 +242,16 @@ def _register(
                     mlflow.log_artifact(str(spec_path), artifact_path="spec")
 
                 versions: dict[str, str] = {}
-                checkpoint = _checkpoint_sha256(variants)
                 for variant in variants:
-                    identity = variant_identity(spec, variant, checkpoint) if variant["passed"] else None
-                    existing = None if register_always or identity is None else find_identical_version(client, model_name, identity)
-                    if existing is not None:
-                        _link_variant(spec, variant, experiment_id, existing, registration_id)
-                        versions[variant["name"]] = existing
+                    if variant["name"] in existing:
+                        _link_variant(spec, variant, experiment_id, existing[variant["name"]], registration_id)
+                        versions[variant["name"]] = existing[variant["name"]]
                         reused.append(variant["name"])
                         continue
                     version = _log_variant(client, spec, variant, experiment_id, run_id, created, registration_id)
                     if version is not None:
                         versions[variant["name"]] = version
-                        identities[version] = identity
+                        identities[version] = identity[variant["name"]]
 
                 challenger = _pick_challenger(variants, versions, first_target, primary)
                 if challenger is not None:
@@ -313,6 +313,13 @@ def _parent_tags(spec: PipelineSpec, spec_path: Path, flow_run: dict | None) -> 
         if flow_run and flow_run.get(key):
             tags[f"edgeport.prefect.flow_run_{key}"] = str(flow_run[key])
     return tags
+
+
+def _identical_versions(client: MlflowClient, name: str, identity: dict[str, str]) -> dict[str, str]:
+    """Variant name -> the existing version it is identical to (looked up before anything is
+    written, so two identical registrations racing both see the store as it was)."""
+    found = {variant: find_identical_version(client, name, digest) for variant, digest in identity.items()}
+    return {variant: version for variant, version in found.items() if version is not None}
 
 
 def _checkpoint_sha256(variants: list[dict]) -> str | None:
