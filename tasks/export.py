@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import onnx
@@ -79,9 +80,8 @@ class ExportResult:
 
 def export_cache_key(spec: PipelineSpec, checkpoint_sha256: str) -> str:
     """Content address of an export: sha256 over the checkpoint hash, model factory settings,
-    inputs/outputs, export settings and the torch/edgeport versions."""
-    import torch
-
+    inputs/outputs, export settings and the torch/edgeport versions (torch's from its package
+    metadata, the same string as ``torch.__version__``: a cached re-run never imports torch)."""
     return spec_digest(
         {
             "checkpoint_sha256": checkpoint_sha256,
@@ -92,7 +92,7 @@ def export_cache_key(spec: PipelineSpec, checkpoint_sha256: str) -> str:
             "outputs": spec.outputs,
             "export": spec.export.model_dump(mode="json"),
             "dynamic_dims": spec.dynamic_dims,
-            "torch": torch.__version__,
+            "torch": version("torch"),
             "edgeport": edgeport.__version__,
         }
     )
