@@ -45,6 +45,12 @@ def print_summary(summary: dict) -> None:
     if record.search:  # the quantization search (flows/search.py)
         console.print(search_line(record.search), soft_wrap=True)
     ch = record.challenger
+    reused = [f"{v.name} (version {v.model_version})" for v in record.variants if v.reused]
+    if reused:  # idempotent registration (docs/spec.md#idempotent-registration)
+        console.print(
+            f"identical to existing versions, reused (no new version): {', '.join(reused)}; --register-always registers anew",
+            soft_wrap=True,
+        )
     if ch:
         console.print(f"[green]challenger[/]: {record.registered_model} version {ch.version} ({ch.variant})")
     else:
