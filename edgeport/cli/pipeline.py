@@ -30,7 +30,6 @@ from edgeport.home import (
     edgeport_home,
 )
 from edgeport.records import RunSummary, summary_json_schema
-from edgeport.registry import registry_client, version_exists
 from edgeport.render import search_line, summary_table
 from edgeport.runtime_env import configure_runtime_env
 from edgeport.targets import ENV_SETUP_VAR
@@ -107,6 +106,9 @@ def completed_despite_orchestrator(out: Path, started: float, exc: BaseException
     path = out / "summary.json"
     if not orchestrator_gone(exc) or not path.is_file() or path.stat().st_mtime < started:
         return None
+    # MLflow is heavy (3-5 s to import): only this path needs it, every other command starts without it
+    from edgeport.registry import registry_client, version_exists
+
     try:
         summary = json.loads(path.read_text())
         if summary.get("registration") != "done":
