@@ -30,14 +30,21 @@ what                            check                                           
 ==============================  ===================================================  ====================
 
 Nothing here imports Prefect, MLflow, tasks or flows; torch is imported only to load the
-checkpoint.
+checkpoint. The checks that need torch (the exporter's opset range, the model's forward pass)
+are remembered once passed, under ``$EDGEPORT_HOME/cache/checks/<key>.json``, keyed on
+everything they depend on (:func:`model_check_key`): a re-run with unchanged inputs does not
+import torch.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.machinery
+import json
 import math
 import os
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +59,10 @@ from edgeport.data import (
 )
 from edgeport.datasources import DataSource
 from edgeport.errors import DataError, OptionError, RuntimeLoadError, SpecError
+from edgeport.files import file_sha256
+from edgeport.home import edgeport_home
 from edgeport.sources import check_onnx_model, example_inputs, onnx_static_batch
-from edgeport.spec import PipelineSpec
+from edgeport.spec import PipelineSpec, spec_digest
 from edgeport.targets import resolve_target
 
 __all__ = [
@@ -452,11 +461,89 @@ def check_output_dir(path: str | Path | None, option: str = "--output") -> None:
 # ------------------------------------------------------------------------------ everything
 
 
+def model_check_key(spec: PipelineSpec, example: dict[str, np.ndarray]) -> str | None:
+    """The key (sha256 hex) under which the torch checks of ``spec`` are remembered, or None when
+    they must run every time (a source other than ``checkpoint`` + ``factory``; the factory's module is not a file in ``model.search_path``, e.g. an
+    installed package, or a file cannot be read).
+
+    Covers: the checkpoint's sha256 (a checkpoint that passed the safe-loading check once has the
+    same bytes), the factory module's file sha256, the ``model`` section, ``inputs``, ``outputs``,
+    ``export``, the example batch (``{input name: ndarray}``) and the installed torch version.
+    """
+    if spec.model.source != "checkpoint":  # other sources are checked every time (no factory module to key on)
+        return None
+    module = spec.model.factory.partition(":")[0].split(".")[0]
+    try:
+        found = importlib.machinery.PathFinder.find_spec(module, [str(p) for p in spec.model.search_path])
+        if found is None or not found.origin or not Path(found.origin).is_file():
+            return None
+        example_digest = hashlib.sha256()
+        for name in sorted(example):
+            array = np.ascontiguousarray(example[name])
+            example_digest.update(f"{name}:{array.dtype}:{array.shape}".encode())
+            example_digest.update(array.tobytes())
+        return spec_digest({
+            "checkpoint": _sha256(spec.model.checkpoint),
+            "factory_source": _sha256(found.origin),
+            "model": spec.model.model_dump(mode="json"),
+            "inputs": [i.model_dump(mode="json") for i in spec.inputs],
+            "outputs": spec.outputs,
+            "export": spec.export.model_dump(mode="json"),
+            "example": example_digest.hexdigest(),
+            "torch": version("torch"),
+        })
+    except (OSError, ImportError, ValueError):
+        return None
+
+
+_SHA256: dict[tuple[str, int, int], str] = {}
+
+
+def _sha256(path: str | Path) -> str:
+    """:func:`edgeport.files.file_sha256`, memoized on (path, size, mtime in ns): the CLI's checks and
+    preflight's run in one process and would otherwise hash a large checkpoint twice."""
+    p = Path(path).resolve()
+    st = p.stat()
+    memo = (str(p), st.st_size, st.st_mtime_ns)
+    if memo not in _SHA256:
+        _SHA256[memo] = file_sha256(p)
+    return _SHA256[memo]
+
+
+def _check_memo(key: str) -> Path:
+    return edgeport_home() / "cache" / "checks" / f"{key}.json"
+
+
+def _remembered_output_shape(key: str | None) -> tuple | None:
+    """The first output's shape recorded when the torch checks under ``key`` passed, or None."""
+    if key is None:
+        return None
+    try:
+        return tuple(json.loads(_check_memo(key).read_text())["first_output_shape"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _remember_output_shape(key: str | None, shape: tuple) -> None:
+    """Record that the torch checks under ``key`` passed (best effort: a read-only home only costs time)."""
+    if key is None:
+        return
+    path = _check_memo(key)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"first_output_shape": [int(d) for d in shape]}))
+        tmp.replace(path)
+    except (OSError, TypeError, ValueError):
+        pass
+
+
 def check_inputs(spec: PipelineSpec, *, output_dir: str | Path | None = None, output_option: str = "--output") -> InputReport:
     """Check the spec's exporter settings, targets, checkpoint, model and data files, and the output folder.
 
     Runs in about a second on small models (one checkpoint load, one forward pass on 2 samples,
-    the data files read once); touches neither Prefect nor MLflow and writes nothing.
+    the data files read once); touches neither Prefect nor MLflow. Writes nothing but the record
+    that the torch checks passed (module docs), which lets a re-run skip them.
 
     Args:
         spec: the validated spec (:func:`edgeport.spec.load_spec`).
@@ -495,21 +582,24 @@ def check_inputs(spec: PipelineSpec, *, output_dir: str | Path | None = None, ou
             check_evaluation_size(scan.num_samples, ev.max_drop, source.description)
 
     # torch, onnx and ONNX Runtime are imported from here on: the data checks above fail faster
-    if spec.model.source != "onnx":  # an ONNX source is not exported: its own opset is checked below
+    size = example_batch_size(spec)
+    example = batch_arrays(model_samples(spec, size), size)
+    key = model_check_key(spec, example)  # torch checks that passed before are remembered: a re-run skips torch
+    shape = _remembered_output_shape(key)
+    if spec.model.source != "onnx" and shape is None:  # an ONNX source is not exported: its own opset is checked below
         check_export_opset(spec)
+    if spec.model.source != "onnx":
         check_opset_supported(spec.export.opset)
     for target in spec.targets:
         if target.work_pool is None:  # a remote target's EPs and environment are the device's, checked there
             resolve_target(target, check_env=False)  # a missing managed env is created on demand (prepare_targets)
-    size = example_batch_size(spec)
-    example = batch_arrays(model_samples(spec, size), size)
     if spec.model.source == "onnx":
-        outputs = check_onnx_source(spec, example)
-    else:
+        shape = tuple(getattr(_first_output(check_onnx_source(spec, example)), "shape", ()))
+    elif shape is None:
         _, outputs = check_forward(spec, load_model(spec.model), example)
+        shape = tuple(getattr(_first_output(outputs), "shape", ()))
+        _remember_output_shape(key, shape)
     if labels is not None:
-        first = _first_output(outputs)
-        shape = tuple(getattr(first, "shape", ()))
         if len(shape) < 2:
             raise DataError(
                 f"evaluation.metric top1: the model's first output {spec.outputs[0]!r} has shape {shape}, not "

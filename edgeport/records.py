@@ -165,10 +165,11 @@ class VariantRecord(_Record):
 
     ``kind``: ``fp32`` (also ``fp32-optimized``), ``static_int8``, ``dynamic_int8``,
     ``weight_only_int4``; ``size_bytes`` in bytes; ``passed`` is the gate verdict
-    (:func:`gate_verdict`); ``model_version`` the MLflow model version (None when not registered).
+    (:func:`gate_verdict`); ``model_version`` the MLflow model version (None when not registered);
+    ``reused`` True when that version existed already (an identical earlier registration).
     """
 
-    omit_unset: ClassVar[frozenset[str]] = frozenset({"fusions", "optimization", "export_selection", "search", "not_registered"})
+    omit_unset: ClassVar[frozenset[str]] = frozenset({"fusions", "optimization", "export_selection", "search", "not_registered", "reused"})
 
     name: str
     kind: str
@@ -189,6 +190,11 @@ class VariantRecord(_Record):
     export_selection: dict[str, Any] | None = Field(default=None, description="fp32 only: the exporter comparison of export.exporter auto.")
     search: SearchProvenance | None = None
     not_registered: str | None = None
+    reused: bool | None = Field(
+        default=None,
+        description="True when model_version is an existing, identical version this run reused instead of registering "
+        "a new one (idempotent registration; written only then).",
+    )
 
 
 class FlowRunInfo(_Record):

@@ -1234,6 +1234,12 @@ class RegistrySpec(_Strict):
     alias: str = Field(default="challenger", description="Alias set on the fastest passing variant.")
     promotion: PromotionSpec = Field(default_factory=PromotionSpec, description="The gate of `edgeport promote`.")
     retry: RetrySpec = Field(default_factory=RetrySpec, description="Retry window of the steps that talk to MLflow.")
+    register_always: bool = Field(
+        default=False,
+        description="Register every passing variant as a new model version, even when an identical one exists "
+        "(same model file, settings, lineage and evaluation/benchmark sections: edgeport.registry.identity). "
+        "Default: reuse the existing version (`edgeport run --register-always` sets it for one run).",
+    )
 
 
 class PipelineSpec(_Strict):

@@ -68,6 +68,7 @@ def pipeline(
     tracking_uri: str | None = None,
     checkpoint: str | None = None,
     rebenchmark: bool = False,
+    register_always: bool = False,
 ) -> dict[str, Any]:
     """Run the whole pipeline for one spec.
 
@@ -88,6 +89,8 @@ def pipeline(
             it from the event payload. Checked by preflight like the spec's own.
         rebenchmark: measure the benchmarks again instead of reusing cached ones (the nightly
             re-benchmark sets it; other cached steps are still reused).
+        register_always: register every passing variant as a new model version, even one
+            identical to an existing version (default: reuse it; also ``registry.register_always``).
 
     Emits:
         ``edgeport.pipeline.completed`` (:data:`PIPELINE_COMPLETED_EVENT`) when the run registered
@@ -145,7 +148,7 @@ def pipeline(
         cache=run.cache, timings_s=run.timings, search=search,
     )
     with run.timed("register"):
-        _register(spec, spec_path, summary, out)
+        _register(spec, spec_path, summary, out, register_always)
     if search is not None:  # trials as nested runs, sensitivity and pareto plots under search/
         with _soft_fail("search not logged to MLflow", RegistryError):
             log_search_task(uri, summary.mlflow_run_id, search)
@@ -297,7 +300,7 @@ def _benchmark(spec: PipelineSpec, spec_path: str, variants: list[VariantRecord]
         publish_benchmarks(spec, target, results)
 
 
-def _register(spec: PipelineSpec, spec_path: str, summary: RunSummary, out: Path) -> None:
+def _register(spec: PipelineSpec, spec_path: str, summary: RunSummary, out: Path, register_always: bool = False) -> None:
     """Persist the results locally first (``summary.json`` pending, ``registration-pending.json``), so an
     MLflow outage past the retry window loses nothing and the re-run reuses the registration id to
     clean up after the failed attempt; then register (retrying transient MLflow errors)."""
@@ -308,7 +311,8 @@ def _register(spec: PipelineSpec, spec_path: str, summary: RunSummary, out: Path
     retry = spec.registry.retry
     try:
         registration = with_retry_window(register_task, retry)(
-            spec, spec_path, variants, summary.tracking_uri, str(out), flow_run=info, registration_id=pending["registration_id"]
+            spec, spec_path, variants, summary.tracking_uri, str(out), flow_run=info, registration_id=pending["registration_id"],
+            register_always=register_always,
         )
     except RegistryUnavailable as exc:
         raise RegistryUnavailable(
@@ -319,6 +323,8 @@ def _register(spec: PipelineSpec, spec_path: str, summary: RunSummary, out: Path
     clear_pending_registration(out)
     for record in summary.variants:
         record.model_version = registration["versions"].get(record.name)
+        if record.name in registration.get("reused", []):
+            record.reused = True
     summary.registration = "done"
     summary.mlflow_run_id = registration["mlflow_run_id"]
     summary.mlflow_run_url = registration.get("run_url")

@@ -95,12 +95,10 @@ def data_digests(spec: PipelineSpec) -> dict[str, str | None]:
 
 def library_versions(torch: bool = False, nncf: bool = False) -> dict[str, str]:
     """Versions of the libraries that shape a step's result (``torch`` for steps that run PyTorch,
-    ``nncf`` for NNCF-built variants; its version read from package metadata, no import)."""
+    ``nncf`` for NNCF-built variants; both read from package metadata, no import)."""
     versions = {"edgeport": edgeport.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
-    if torch:
-        import torch as _torch
-
-        versions["torch"] = _torch.__version__
+    if torch:  # from the package metadata (= torch.__version__): computing a key never imports torch
+        versions["torch"] = version("torch")
     if nncf:
         versions["nncf"] = version("nncf")
     return versions

@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import onnx
@@ -92,9 +93,8 @@ class ExportResult:
 def export_cache_key(spec: PipelineSpec, checkpoint_sha256: str) -> str:
     """Content address of an export: sha256 over the source's hash (``checkpoint_sha256``: see
     :func:`edgeport.sources.source_sha256`), the model section, inputs/outputs, export settings
-    and the torch/edgeport versions."""
-    import torch
-
+    and the torch/edgeport versions (torch's from its package metadata, the same string as
+    ``torch.__version__``: a cached re-run never imports torch)."""
     model = spec.model
     return spec_digest(
         {
@@ -109,7 +109,7 @@ def export_cache_key(spec: PipelineSpec, checkpoint_sha256: str) -> str:
             "outputs": spec.outputs,
             "export": spec.export.model_dump(mode="json"),
             "dynamic_dims": spec.dynamic_dims,
-            "torch": torch.__version__,
+            "torch": version("torch"),
             "edgeport": edgeport.__version__,
         }
     )

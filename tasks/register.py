@@ -13,6 +13,15 @@ won (tags ``edgeport.won_targets``, ``edgeport.won.<target>.*``), and its logged
 carries the execution providers and session options of the first target it won (else of the
 spec's first target): one file per version, so the other targets' providers are only in tags.
 
+Registration is idempotent: a passing variant identical to a version an earlier, completed
+registration created (same model file, settings, lineage and evaluation/benchmark sections:
+:mod:`edgeport.registry.identity`) reuses that version instead of registering a duplicate; its
+nested run gets the tag ``edgeport.reused_version`` and skips logging the model again
+(``registry.register_always`` / ``edgeport run --register-always``: always a new version).
+Two identical runs racing may both find nothing and both create a version: both registrations
+are complete and consistent (two identical versions, the alias on one of them); later runs reuse
+the newest.
+
 Registration is all-or-nothing: if anything fails, the model versions created by
 the call are deleted again (best effort) and :class:`~edgeport.errors.RegistryError`
 is raised; :class:`~edgeport.errors.RegistryUnavailable` when the store did not answer.
@@ -68,6 +77,12 @@ from edgeport.registry import (
     version_exists,
     with_retry_window,
     won_tags,
+)
+from edgeport.registry.identity import (
+    IDENTITY_TAG,
+    REUSED_VERSION_TAG,
+    find_identical_version,
+    variant_identity,
 )
 from edgeport.registry.signature import log_onnx, mlflow_providers
 from edgeport.spec import PipelineSpec, TargetSpec, spec_digest
@@ -139,6 +154,7 @@ def register_pipeline(
     output_dir: str | Path,
     flow_run: dict | None = None,
     registration_id: str | None = None,
+    register_always: bool = False,
 ) -> dict:
     """Log one pipeline run to MLflow and register its passing variants.
 
@@ -160,12 +176,15 @@ def register_pipeline(
         output_dir: folder where ``registration.json`` (the return value) is written.
         flow_run: ``{"id", "name", "url"}`` of the Prefect flow run, logged as tags.
         registration_id: identifies this registration across attempts (default: a new uuid4).
+        register_always: register a new version even for a variant identical to an existing
+            version (also when ``spec.registry.register_always``); default: reuse it.
 
     Returns:
         ``{"registration_id", "mlflow_run_id", "experiment_id", "tracking_uri", "run_url" (None unless
         http(s)), "registered_model", "alias", "versions": {variant name: version},
         "challenger": {"variant", "version", "p50_ms"} | None, "challengers": {target: {"variant",
-        "version", "p50_ms"}}}`` (``challengers``: every target with a passing variant, spec order).
+        "version", "p50_ms"}}, "reused": [variant names whose version existed already]}``
+        (``challengers``: every target with a passing variant, spec order).
 
     Raises:
         RegistryUnavailable: the tracking server did not answer (transient).
@@ -174,7 +193,10 @@ def register_pipeline(
     """
     registration_id = registration_id or uuid.uuid4().hex
     with mlflow_http_settings(tracking_uri, spec.registry.retry.request_timeout_s):
-        return _register(spec, Path(spec_path).expanduser().resolve(), variants, tracking_uri, Path(output_dir), flow_run, registration_id)
+        return _register(
+            spec, Path(spec_path).expanduser().resolve(), variants, tracking_uri, Path(output_dir), flow_run, registration_id,
+            register_always or spec.registry.register_always,
+        )
 
 
 def _register(
@@ -185,6 +207,7 @@ def _register(
     output_dir: Path,
     flow_run: dict | None,
     registration_id: str,
+    register_always: bool = False,
 ) -> dict:
     model_name = spec.registry.registered_model
     _check_variants(spec, variants)
@@ -192,6 +215,8 @@ def _register(
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     created: list[str] = []  # versions created by this call, for the rollback
+    identities: dict[str, str] = {}  # created version -> its identity, tagged once the registration completes
+    reused: list[str] = []  # variants whose identical version existed already
     model_existed: bool | None = None
     alias_before: str | None = None
     alias_set = False
@@ -208,6 +233,9 @@ def _register(
         for target in reversed(spec.targets):
             if target.name in winners:
                 logged_for[winners[target.name]["variant"]] = target
+        checkpoint = _checkpoint_sha256(variants)
+        identity = {v["name"]: variant_identity(spec, v, checkpoint) for v in variants if v["passed"]}
+        existing = {} if register_always else _identical_versions(client, model_name, identity)
         with using_store(tracking_uri):
             with mlflow.start_run(
                 experiment_id=experiment_id,
@@ -225,12 +253,18 @@ def _register(
 
                 versions: dict[str, str] = {}
                 for variant in variants:
+                    if variant["name"] in existing:
+                        _link_variant(spec, variant, experiment_id, existing[variant["name"]], registration_id)
+                        versions[variant["name"]] = existing[variant["name"]]
+                        reused.append(variant["name"])
+                        continue
                     version = _log_variant(
                         client, spec, variant, experiment_id, run_id, created, registration_id,
                         logged_target=logged_for.get(variant["name"]),
                     )
                     if version is not None:
                         versions[variant["name"]] = version
+                        identities[version] = identity[variant["name"]]
 
                 challengers = {
                     t: {"variant": w["variant"], "version": versions[w["variant"]], "p50_ms": w["p50_ms"]}
@@ -266,6 +300,8 @@ def _register(
                     "variants": float(len(variants)),
                     "variants_passed": float(sum(bool(v["passed"]) for v in variants)),
                 })
+                for version, identity in identities.items():  # complete: now later runs may reuse them
+                    client.set_model_version_tag(model_name, version, IDENTITY_TAG, identity)
         result = {
             "registration_id": registration_id,
             "mlflow_run_id": run_id,
@@ -277,6 +313,7 @@ def _register(
             "versions": versions,
             "challenger": challenger,
             "challengers": challengers,
+            "reused": reused,
         }
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "registration.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
@@ -307,23 +344,25 @@ def _parent_tags(spec: PipelineSpec, spec_path: Path, flow_run: dict | None) -> 
     return tags
 
 
-def _log_variant(
-    client: MlflowClient,
-    spec: PipelineSpec,
-    variant: dict,
-    experiment_id: str,
-    parent_run_id: str,
-    created: list[str],
-    registration_id: str | None = None,
-    logged_target: TargetSpec | None = None,
-) -> str | None:
-    """One nested run for ``variant``; registers it when it passed. Returns the version or None.
+def _identical_versions(client: MlflowClient, name: str, identity: dict[str, str]) -> dict[str, str]:
+    """Variant name -> the existing version it is identical to (looked up before anything is
+    written, so two identical registrations racing both see the store as it was)."""
+    found = {variant: find_identical_version(client, name, digest) for variant, digest in identity.items()}
+    return {variant: version for variant, version in found.items() if version is not None}
 
-    The MLflow model is logged with ``logged_target``'s providers and session options (default:
-    the spec's first target)."""
+
+def _checkpoint_sha256(variants: list[dict]) -> str | None:
+    """The checkpoint's sha256 from the FP32 variant's lineage (``parent: checkpoint:<sha256>``)."""
+    for variant in variants:
+        parent = str((variant.get("lineage") or {}).get("parent") or "")
+        if parent.startswith("checkpoint:"):
+            return parent.removeprefix("checkpoint:")
+    return None
+
+
+def _run_tags(variant: dict, registration_id: str | None) -> dict[str, str]:
+    """The tags of a variant's nested run (verdicts, lineage, sha256, non-ok benchmarks)."""
     name, passed = variant["name"], bool(variant["passed"])
-    first_target, primary = spec.targets[0].name, spec.benchmark.primary
-    logged_target = logged_target or spec.targets[0]
     lineage = variant.get("lineage") or {}
     tags = {
         "edgeport.variant": name,
@@ -345,20 +384,56 @@ def _log_variant(
     for entry in variant.get("benchmarks") or []:
         if entry.get("status") != "ok":
             tags[metric_key(f"edgeport.benchmark.{entry.get('target')}.b{entry.get('batch_size')}")] = str(entry.get("status"))
+    return tags
+
+
+def _log_reports(variant: dict) -> None:
+    """Params, metrics and the JSON reports of a variant, into the active (nested) run."""
+    params = {"kind": str(variant["kind"])}
+    if variant.get("opset") is not None:
+        params["opset"] = str(variant["opset"])
+    if variant.get("quantization"):
+        params.update(flatten_params(jsonable(variant["quantization"]), "quantization."))
+    mlflow.log_params(params)
+    mlflow.log_metrics(_variant_metrics(variant))
+    for key in ("validation", "evaluation", "benchmarks", "quantization", "lineage"):
+        if variant.get(key) is not None:
+            value = jsonable(variant[key])
+            mlflow.log_dict(value if isinstance(value, dict) else {key: value}, f"reports/{key}.json")
+    mlflow.log_dict(jsonable(variant), "reports/variant.json")
+
+
+def _link_variant(spec: PipelineSpec, variant: dict, experiment_id: str, version: str, registration_id: str | None) -> None:
+    """The nested run of a passing variant identical to the existing ``version``: its measurements
+    and reports, linked to that version (tags ``edgeport.reused_version``, ``edgeport.model_version``);
+    the model is not logged again (the version's own run holds it)."""
+    tags = {**_run_tags(variant, registration_id), REUSED_VERSION_TAG: version, "edgeport.model_version": version}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=variant["name"], nested=True, tags=tags):
+        _log_reports(variant)
+    logger.info("%s: identical to %s version %s, reused (no new version)", variant["name"], spec.registry.registered_model, version)
+
+
+def _log_variant(
+    client: MlflowClient,
+    spec: PipelineSpec,
+    variant: dict,
+    experiment_id: str,
+    parent_run_id: str,
+    created: list[str],
+    registration_id: str | None = None,
+    logged_target: TargetSpec | None = None,
+) -> str | None:
+    """One nested run for ``variant``; registers it when it passed. Returns the version or None.
+
+    The MLflow model is logged with ``logged_target``'s providers and session options (default:
+    the spec's first target)."""
+    name, passed = variant["name"], bool(variant["passed"])
+    first_target, primary = spec.targets[0].name, spec.benchmark.primary
+    logged_target = logged_target or spec.targets[0]
+    tags = _run_tags(variant, registration_id)
 
     with mlflow.start_run(experiment_id=experiment_id, run_name=name, nested=True, tags=tags) as run:
-        params = {"kind": str(variant["kind"])}
-        if variant.get("opset") is not None:
-            params["opset"] = str(variant["opset"])
-        if variant.get("quantization"):
-            params.update(flatten_params(jsonable(variant["quantization"]), "quantization."))
-        mlflow.log_params(params)
-        mlflow.log_metrics(_variant_metrics(variant))
-        for key in ("validation", "evaluation", "benchmarks", "quantization", "lineage"):
-            if variant.get(key) is not None:
-                value = jsonable(variant[key])
-                mlflow.log_dict(value if isinstance(value, dict) else {key: value}, f"reports/{key}.json")
-        mlflow.log_dict(jsonable(variant), "reports/variant.json")
+        _log_reports(variant)
 
         path = Path(variant["path"])
         try:
@@ -419,12 +494,22 @@ def _tag_winners(client: MlflowClient, spec: PipelineSpec, challengers: dict[str
 def _undo_earlier_attempts(client: MlflowClient, name: str, experiment_id: str, registration_id: str, alias: str) -> None:
     """Delete the model versions and runs an earlier attempt of ``registration_id`` left behind
     (its rollback could not reach the server), and give ``alias`` back to the version it named
-    before that attempt when the deletion removed it (MLflow drops an alias with its version)."""
+    before that attempt when the deletion removed it (MLflow drops an alias with its version).
+
+    A version tagged :data:`~edgeport.registry.identity.IDENTITY_TAG` belongs to an attempt that
+    completed (only its local bookkeeping was lost), and other runs may have reused it since: it
+    is kept, with the runs it names (``edgeport.mlflow_run_id``, ``edgeport.parent_run_id``)."""
     quoted = registration_id.replace("'", "")
-    leftovers = client.search_model_versions(f"name = '{name}' and tags.`{REGISTRATION_TAG}` = '{quoted}'")
-    runs = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{REGISTRATION_TAG}` = '{quoted}'", run_view_type=ViewType.ACTIVE_ONLY
-    )
+    found = client.search_model_versions(f"name = '{name}' and tags.`{REGISTRATION_TAG}` = '{quoted}'")
+    completed = [mv for mv in found if (mv.tags or {}).get(IDENTITY_TAG)]
+    leftovers = [mv for mv in found if not (mv.tags or {}).get(IDENTITY_TAG)]
+    keep_runs = {(mv.tags or {}).get(key) for mv in completed for key in ("edgeport.mlflow_run_id", "edgeport.parent_run_id")}
+    runs = [
+        run for run in client.search_runs(
+            [experiment_id], filter_string=f"tags.`{REGISTRATION_TAG}` = '{quoted}'", run_view_type=ViewType.ACTIVE_ONLY
+        )
+        if run.info.run_id not in keep_runs
+    ]
     if not leftovers and not runs:
         return
     aliased = alias_version(client, name, alias)

@@ -23,7 +23,7 @@ from edgeport.registry import (
     mlflow_http_settings,
     with_retry_window,
 )
-from edgeport.spec import PipelineSpec
+from edgeport.spec import PipelineSpec, spec_digest
 from mlflow import MlflowClient
 from tasks.benchmark import load_latencies
 
@@ -137,15 +137,45 @@ def make_plots(spec: PipelineSpec, variants: list[dict[str, Any]], output_dir: s
     Args:
         variants: the summary's variant records (with ``evaluation`` and ``benchmarks``).
 
+    The plots of a re-run whose numbers did not change (cached benchmarks and evaluations) are
+    the files already there: ``plots/plots.sha256`` records the digest of what they were drawn
+    from (:func:`_plots_digest`) and the files; matplotlib is imported only to draw.
+
     Returns:
         Paths of the PNG files written (a plot without data is skipped).
     """
     folder = Path(output_dir) / "plots"
     folder.mkdir(parents=True, exist_ok=True)
+    stamp, digest = folder / "plots.sha256", _plots_digest(spec, variants)
+    kept = _kept_plots(stamp, digest)
+    if kept is not None:
+        logger.info("report: plots unchanged since the last run (%s), not drawn again", stamp)
+        return kept
     written = [_latency_vs_accuracy(spec, variants, folder / "latency_vs_accuracy.png")]
     for target in spec.targets:
         written.append(_latency_distribution(spec, variants, target.name, folder / f"latency_{target.name}.png"))
-    return [str(p) for p in written if p is not None]
+    paths = [str(p) for p in written if p is not None]
+    stamp.write_text("\n".join([digest, *paths]) + "\n")
+    return paths
+
+
+def _plots_digest(spec: PipelineSpec, variants: list[dict[str, Any]]) -> str:
+    """sha256 of what the plots show: each variant's name, evaluation and benchmark entries (their
+    numbers and raw-latency files' paths), the spec's targets, benchmark and evaluation sections."""
+    return spec_digest({
+        "spec": spec.model_dump(mode="json", include={"targets", "benchmark", "evaluation"}),
+        "variants": [{key: v.get(key) for key in ("name", "evaluation", "benchmarks")} for v in variants],
+    })
+
+
+def _kept_plots(stamp: Path, digest: str) -> list[str] | None:
+    """The plot files listed in ``stamp`` when it names ``digest`` and every file is there, else None."""
+    try:
+        first, *paths = stamp.read_text().split("\n")
+    except OSError:
+        return None
+    paths = [p for p in paths if p]
+    return paths if first == digest and all(Path(p).is_file() for p in paths) else None
 
 
 def log_plots(tracking_uri: str, run_id: str, paths: list[str], timeout_s: float = 60.0) -> None:

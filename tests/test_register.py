@@ -26,6 +26,11 @@ from edgeport.registry import (
     resolve_tracking_uri,
     retry_if_transient,
 )
+from edgeport.registry.identity import (
+    IDENTITY_TAG,
+    REUSED_VERSION_TAG,
+    variant_identity,
+)
 from edgeport.spec import PipelineSpec
 from mlflow import MlflowClient
 from tasks.register import register_pipeline
@@ -300,3 +305,92 @@ def test_retry_condition_only_retries_transient_errors():
     assert retry_if_transient(None, None, Failed(data=RegistryError("refused a write"))) is False
     assert retry_if_transient(None, None, Failed(data=ValueError("bad input"))) is False
     assert retry_if_transient(None, None, Completed(data=1)) is False
+
+
+# --------------------------------------------------------------------------- idempotent registration
+
+
+def _three_variants(tmp: Path) -> list[dict]:
+    fp32 = _tiny_onnx(tmp / "fp32.onnx", 1.0)
+    int8 = _tiny_onnx(tmp / "int8.onnx", 2.0)
+    variants = [
+        _variant("fp32", "fp32", fp32, True, 2.0),
+        _variant("int8-static", "static_int8", int8, True, 1.0, {"mode": "static", "format": "QDQ", "per_channel": True}),
+        _variant("int8-dynamic", "dynamic_int8", int8, False, 0.5, {"mode": "dynamic", "per_channel": False}),
+    ]
+    variants[0]["lineage"] = {"parent": "checkpoint:" + "c" * 64, "step": "export:dynamo", "cached": False}
+    return variants
+
+
+def test_identity_covers_file_settings_lineage_and_spec_sections(tmp_path):
+    spec = _spec("tiny-id", tmp_path)
+    fp32, static, _ = _three_variants(tmp_path)
+    base = variant_identity(spec, static, "c" * 64)
+    assert len(base) == 64 and base == variant_identity(spec, dict(static), "c" * 64)
+    assert variant_identity(spec, {**static, "lineage": {**static["lineage"], "cached": True}}, "c" * 64) == base  # not identity
+    assert variant_identity(spec, {**static, "benchmarks": []}, "c" * 64) == base  # measurements are not part of it
+    assert variant_identity(spec, {**static, "sha256": "1" * 64}, "c" * 64) != base
+    assert variant_identity(spec, {**static, "quantization": {**static["quantization"], "per_channel": False}}, "c" * 64) != base
+    assert variant_identity(spec, {**static, "lineage": {**static["lineage"], "parent_sha256": "2" * 64}}, "c" * 64) != base
+    assert variant_identity(spec, static, "d" * 64) != base  # another checkpoint
+    other = spec.model_copy(update={"benchmark": spec.benchmark.model_copy(update={"batch_sizes": [1, 16]})})
+    assert variant_identity(other, static, "c" * 64) != base
+    renamed = spec.model_copy(update={"registry": spec.registry.model_copy(update={"experiment": "elsewhere"})})
+    assert variant_identity(renamed, static, "c" * 64) == base  # where it is recorded is not what it is
+
+
+@pytest.mark.slow
+def test_identical_registration_reuses_versions_and_register_always_does_not(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec, variants = _spec("tiny-idem", tmp_path), _three_variants(tmp_path)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    first = register_pipeline(spec, tmp_path / "p.yaml", variants, uri, tmp_path / "out1")
+    assert first["reused"] == [] and set(first["versions"]) == {"fp32", "int8-static"}
+    for version in first["versions"].values():  # written when the registration completed
+        assert client.get_model_version("tiny-idem", version).tags[IDENTITY_TAG]
+    client.set_registered_model_alias("tiny-idem", "challenger", first["versions"]["fp32"])  # moved by hand
+
+    second = register_pipeline(spec, tmp_path / "p.yaml", variants, uri, tmp_path / "out2")
+    assert second["versions"] == first["versions"] and second["reused"] == ["fp32", "int8-static"]
+    assert len(client.search_model_versions("name = 'tiny-idem'")) == 2  # no duplicates
+    nested = {r.data.tags["edgeport.variant"]: r for r in client.search_runs(
+        [second["experiment_id"]], f"tags.`mlflow.parentRunId` = '{second['mlflow_run_id']}'")}
+    assert set(nested) == {"fp32", "int8-static", "int8-dynamic"}
+    for name, version in second["versions"].items():  # the new run links to the reused versions
+        assert nested[name].data.tags[REUSED_VERSION_TAG] == version
+        assert nested[name].data.tags["edgeport.model_version"] == version
+        assert nested[name].data.metrics["accuracy"] == 0.9  # its own measurements are logged
+    assert REUSED_VERSION_TAG not in nested["int8-dynamic"].data.tags
+    # the alias moves as usual: the fastest passing variant of this run
+    assert str(client.get_model_version_by_alias("tiny-idem", "challenger").version) == first["versions"]["int8-static"]
+
+    third = register_pipeline(spec, tmp_path / "p.yaml", variants, uri, tmp_path / "out3", register_always=True)
+    assert third["reused"] == [] and not set(third["versions"].values()) & set(first["versions"].values())
+    assert len(client.search_model_versions("name = 'tiny-idem'")) == 4
+    # a spec section that changes what the numbers mean: new versions
+    other = spec.model_copy(update={"benchmark": spec.benchmark.model_copy(update={"batch_sizes": [1, 16]})})
+    fourth = register_pipeline(other, tmp_path / "p.yaml", variants, uri, tmp_path / "out4")
+    assert fourth["reused"] == [] and len(client.search_model_versions("name = 'tiny-idem'")) == 6
+    # the newest identical version is the one reused
+    fifth = register_pipeline(spec, tmp_path / "p.yaml", variants, uri, tmp_path / "out5")
+    assert fifth["versions"] == third["versions"]
+
+
+@pytest.mark.slow
+def test_cleanup_of_a_retried_registration_keeps_the_versions_it_completed(tmp_path):
+    """A completed registration whose local bookkeeping was lost is retried with its id (the
+    pending file survived): the clean-up of "interrupted attempts" must not delete its versions,
+    which another run reuses meanwhile; the retry reuses them too."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec, variants = _spec("tiny-keep", tmp_path), _three_variants(tmp_path)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    completed = register_pipeline(spec, tmp_path / "p.yaml", variants, uri, tmp_path / "out1", registration_id="rid-keep")
+    other = register_pipeline(spec, tmp_path / "p.yaml", variants, uri, tmp_path / "out2")
+    assert other["versions"] == completed["versions"]
+    retried = register_pipeline(spec, tmp_path / "p.yaml", variants, uri, tmp_path / "out3", registration_id="rid-keep")
+    assert retried["versions"] == completed["versions"] and retried["reused"] == ["fp32", "int8-static"]
+    assert {str(mv.version) for mv in client.search_model_versions("name = 'tiny-keep'")} == set(completed["versions"].values())
+    for version in completed["versions"].values():  # the runs holding the models are kept
+        mv = client.get_model_version("tiny-keep", version)
+        assert client.get_run(mv.run_id).info.lifecycle_stage == "active"
+        assert client.get_run(mv.tags["edgeport.parent_run_id"]).info.lifecycle_stage == "active"

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from edgeport.registry import PENDING_FILE, REGISTRATION_TAG
+from edgeport.registry.identity import IDENTITY_TAG
 from edgeport.servers import (
     free_port,
     start_mlflow_server,
@@ -238,7 +239,8 @@ def test_outage_past_the_window_fails_cleanly_and_the_rerun_resumes_from_cache(m
 
 def test_retried_registration_removes_the_interrupted_attempts_leftovers(tmp_path):
     """Attempt 1 (same registration id) registered versions and left its runs behind, as an
-    outage that also defeats the rollback would; attempt 2 deletes them before registering."""
+    outage that also defeats the rollback would; attempt 2 deletes them before registering.
+    (register_always: the variants are identical, which would otherwise reuse ``earlier``'s version.)"""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     model = _tiny_onnx(tmp_path / "m.onnx", 1.0)
     spec = _tiny_spec("tiny-retry", tmp_path)
@@ -246,9 +248,10 @@ def test_retried_registration_removes_the_interrupted_attempts_leftovers(tmp_pat
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     earlier = register_pipeline(spec, tmp_path / "p.yaml", variants, uri, tmp_path / "out1")
     client.set_registered_model_alias("tiny-retry", "champion", earlier["versions"]["fp32"])  # someone else's alias
-    first = register_pipeline(spec, tmp_path / "p.yaml", variants, uri, tmp_path / "out2", registration_id="rid-1")
-    client.set_terminated(first["mlflow_run_id"], "RUNNING")  # as left by an outage
-    second = register_pipeline(spec, tmp_path / "p.yaml", variants, uri, tmp_path / "out3", registration_id="rid-1")
+    first = register_pipeline(spec, tmp_path / "p.yaml", variants, uri, tmp_path / "out2", registration_id="rid-1", register_always=True)
+    client.set_terminated(first["mlflow_run_id"], "RUNNING")  # as left by an outage:
+    client.delete_model_version_tag("tiny-retry", first["versions"]["fp32"], IDENTITY_TAG)  # the tag a completed registration writes last
+    second = register_pipeline(spec, tmp_path / "p.yaml", variants, uri, tmp_path / "out3", registration_id="rid-1", register_always=True)
 
     versions = {str(mv.version): mv.tags.get(REGISTRATION_TAG) for mv in client.search_model_versions("name = 'tiny-retry'")}
     assert versions == {earlier["versions"]["fp32"]: earlier["registration_id"], second["versions"]["fp32"]: "rid-1"}

@@ -2,7 +2,10 @@
 
 Exit codes of ``edgeport run``: 0 a challenger was registered; 2 the pipeline completed
 but no variant passed its gates (nothing registered); 1 an error (message only, the
-traceback with ``--debug``).
+traceback with ``--debug``). When Prefect's API goes away after the registration completed
+(``summary.json`` of this run says ``registration: done`` and the registry holds its versions),
+the run is reported from those with a warning, not as an error
+(:func:`completed_despite_orchestrator`).
 """
 
 from __future__ import annotations
@@ -10,9 +13,11 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
+import httpx
 import typer
 from rich.markup import escape
 
@@ -39,6 +44,12 @@ def print_summary(summary: dict) -> None:
     if record.search:  # the quantization search (flows/search.py)
         console.print(search_line(record.search), soft_wrap=True)
     ch = record.challenger
+    reused = [f"{v.name} (version {v.model_version})" for v in record.variants if v.reused]
+    if reused:  # idempotent registration (docs/spec.md#idempotent-registration)
+        console.print(
+            f"identical to existing versions, reused (no new version): {', '.join(reused)}; --register-always registers anew",
+            soft_wrap=True,
+        )
     if ch:
         console.print(f"[green]challenger[/]: {record.registered_model} version {ch.version} ({ch.variant})")
     else:
@@ -67,6 +78,50 @@ def why_nothing_passed(summary: dict) -> str:
     return "; ".join(f"{', '.join(names)}: {why}" for why, names in reasons.items())
 
 
+def orchestrator_gone(exc: BaseException) -> bool:
+    """True when ``exc`` (or an exception it was raised from) is a lost connection: an
+    ``httpx.TransportError`` (refused, reset, timed out) or a ``ConnectionError``, as Prefect's
+    client raises when its API server is gone."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, (httpx.TransportError, ConnectionError)):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def completed_despite_orchestrator(out: Path, started: float, exc: BaseException) -> dict[str, Any] | None:
+    """The summary of a run whose work completed although the flow failed afterwards because
+    Prefect's API went away (the embedded server died after the registration), else None.
+
+    It is that summary only when all hold: ``exc`` is a lost connection (:func:`orchestrator_gone`);
+    ``out/summary.json`` was written by this run (modified at or after ``started``, a
+    ``time.time()`` taken before the flow began) and says ``registration: done``; and the
+    registry (its ``tracking_uri``) holds every model version it names. Anything else (an
+    earlier run's summary, a pending registration, versions missing, MLflow unreachable): None,
+    and the caller reports the error.
+    """
+    path = out / "summary.json"
+    if not orchestrator_gone(exc) or not path.is_file() or path.stat().st_mtime < started:
+        return None
+    # MLflow is heavy (3-5 s to import): only this path needs it, every other command starts without it
+    from edgeport.registry import registry_client, version_exists
+
+    try:
+        summary = json.loads(path.read_text())
+        if summary.get("registration") != "done":
+            return None
+        client = registry_client(summary["tracking_uri"])
+        versions = {v["model_version"] for v in summary["variants"] if v.get("model_version")}
+        if not all(version_exists(client, summary["registered_model"], version) for version in versions):
+            return None
+    except (OSError, ValueError, KeyError, TypeError, EdgeportError):
+        return None
+    return summary
+
+
 def run(
     spec: Annotated[Path, typer.Argument(help="Pipeline spec (YAML).")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (default $EDGEPORT_HOME/outputs/<name>).")] = None,
@@ -78,6 +133,14 @@ def run(
             "--no-env-setup",
             help="Do not create missing managed environments (the OpenVINO EP's): record their targets as "
             "`unavailable`, with the command that sets them up, and run the others.",
+        ),
+    ] = False,
+    register_always: Annotated[
+        bool,
+        typer.Option(
+            "--register-always",
+            help="Register every passing variant as a new model version, even when an identical version exists "
+            "(default: reuse it; the spec's registry.register_always).",
         ),
     ] = False,
 ) -> None:
@@ -103,12 +166,21 @@ def run(
     previous = os.environ.get(ENV_SETUP_VAR)
     if no_env_setup:  # read by the flow's preflight (edgeport.targets.env_setup_enabled)
         os.environ[ENV_SETUP_VAR] = "never"
+    started = time.time()
     try:
-        summary = pipeline(str(spec.resolve()), output_dir=str(out), tracking_uri=tracking_uri)
+        summary = pipeline(str(spec.resolve()), output_dir=str(out), tracking_uri=tracking_uri, register_always=register_always)
     except EdgeportError as exc:
         fail(exc, debug)
     except Exception as exc:  # an unexpected failure: still a message, not a traceback
-        fail(exc, debug)
+        summary = completed_despite_orchestrator(out, started, exc)
+        if summary is None:
+            fail(exc, debug)
+        err_console.print(
+            f"[yellow]warning[/]: Prefect's API went away after the registration completed "
+            f"({escape(type(exc).__name__)}: {escape(str(exc).splitlines()[0] if str(exc) else '')}); the flow run may "
+            "still show as running. The result below is this run's summary.json, checked against the registry.",
+            soft_wrap=True,
+        )
     finally:
         if no_env_setup:  # an in-process caller (tests) keeps its own setting
             if previous is None:

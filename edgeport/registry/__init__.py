@@ -12,6 +12,8 @@ module                  what it holds
 :mod:`.params`          params / metric keys / finite numbers as MLflow logs them
 :mod:`.tags`            the tags register writes and promote reads
 :mod:`.pending`         the pending-registration file of an output folder
+:mod:`.identity`        when a variant is an existing model version (idempotent registration;
+                        imports the spec: import it explicitly, it is not re-exported here)
 :mod:`.signature`       ONNX input example, signature, ``log_model`` (imports onnx and
                         onnxruntime: import it explicitly, it is not re-exported here)
 ======================  ==========================================================================
