@@ -10,13 +10,17 @@ helper below it or a subflow (:mod:`flows.search`, :mod:`flows.export`). The ste
 from __future__ import annotations
 
 import json
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_client, get_run_logger
+from prefect.client.schemas.objects import FlowRun
 from prefect.events import emit_event
+from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
+from prefect.states import Cancelled, State
 
 from edgeport.data import benchmark_samples_path
 from edgeport.errors import RegistryError, RegistryUnavailable
@@ -55,13 +59,29 @@ from tasks.report import report_task
 from tasks.search import log_search_task
 from tasks.validate import validate_task
 
-__all__ = ["PIPELINE_COMPLETED_EVENT", "pipeline"]
+__all__ = ["PIPELINE_COMPLETED_EVENT", "cancel_when_interrupted", "pipeline"]
 
 #: Prefect event emitted when a pipeline run registered a challenger (triggers the promotion deployment).
 PIPELINE_COMPLETED_EVENT = "edgeport.pipeline.completed"
 
 
-@flow(name="edgeport-pipeline", description="Checkpoint -> validated, quantized, benchmarked ONNX variants -> MLflow registry.")
+def cancel_when_interrupted(flow: Any, run: FlowRun, state: State) -> None:
+    """``on_crashed`` hook: a run stopped by Ctrl-C or SIGTERM (Prefect records ``Crashed``) is the
+    user's cancellation: mark it ``Cancelled``, with the resume hint. Other crashes stay ``Crashed``.
+
+    Prefect calls crash hooks while it handles the exception (``sys.exc_info()`` is the interrupt).
+    """
+    if not isinstance(sys.exc_info()[1], (KeyboardInterrupt, TerminationSignal)):
+        return
+    message = f"Interrupted ({state.message}); re-run the same command to resume: cached steps are reused."
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(run.id, Cancelled(message=message), force=True)
+
+
+@flow(
+    name="edgeport-pipeline", description="Checkpoint -> validated, quantized, benchmarked ONNX variants -> MLflow registry.",
+    on_crashed=[cancel_when_interrupted],
+)
 def pipeline(
     spec_path: str,
     output_dir: str | None = None,

@@ -2,7 +2,7 @@
 
 Exit codes of ``edgeport run``: 0 a challenger was registered; 2 the pipeline completed
 but no variant passed its gates (nothing registered); 1 an error (message only, the
-traceback with ``--debug``).
+traceback with ``--debug``); 130 / 143 interrupted by Ctrl-C / SIGTERM (:mod:`edgeport.cli.interrupts`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import typer
 from rich.markup import escape
 
 from edgeport.cli.common import console, err_console, fail, quiet_tracebacks
+from edgeport.cli.interrupts import interruptible
 from edgeport.errors import EdgeportError
 from edgeport.home import (
     default_artifact_root,
@@ -103,8 +104,12 @@ def run(
     previous = os.environ.get(ENV_SETUP_VAR)
     if no_env_setup:  # read by the flow's preflight (edgeport.targets.env_setup_enabled)
         os.environ[ENV_SETUP_VAR] = "never"
+    command = f"edgeport run {spec}" + (f" --output {output}" if output else "")
     try:
-        summary = pipeline(str(spec.resolve()), output_dir=str(out), tracking_uri=tracking_uri)
+        with interruptible(f"{command} (flow run marked Cancelled)", resume=command):  # Ctrl-C/SIGTERM: exit 130/143
+            summary = pipeline(str(spec.resolve()), output_dir=str(out), tracking_uri=tracking_uri)
+    except typer.Exit:  # interrupted
+        raise
     except EdgeportError as exc:
         fail(exc, debug)
     except Exception as exc:  # an unexpected failure: still a message, not a traceback

@@ -1,0 +1,116 @@
+"""Ctrl-C and SIGTERM for the commands that run work (``run``, ``promote``, ``bench``).
+
+What stops what, and where:
+
+- The flow's own clean-up is Prefect's: its engine turns ``KeyboardInterrupt`` (SIGINT) and
+  ``TerminationSignal`` (SIGTERM, through ``prefect.utilities.engine.capture_sigterm``) into a
+  ``Crashed`` flow run and runs the flow's ``on_crashed`` hooks (``flows.pipeline`` marks an
+  interrupted run ``Cancelled`` there); the register step undoes its partial registration
+  (``tasks.register``) and the benchmark step kills its runner's process group
+  (``tasks.benchmark``) as the exception passes through them.
+- This module keeps the embedded (ephemeral) Prefect server alive long enough for that: Prefect
+  starts it as a plain child, in the terminal's process group, so the terminal's Ctrl-C would stop
+  it at once and the engine would then retry its final state report against a server that is gone
+  (about 2.5 min of ``ConnectError`` retries, the flow run left ``Running``).
+  :func:`interruptible` starts that server itself (Prefect's public ``SubprocessASGIServer``, the
+  instance Prefect's client then reuses) with SIGINT blocked, so the server only stops when it is
+  told to (SIGTERM from ``SubprocessASGIServer.stop``, at exit).
+- SIGTERM outside a flow run raises ``TerminationSignal`` like Prefect's own handler does (inside a
+  flow run Prefect's handler re-delivers the signal to this one after recording the crash).
+
+The command then prints one line naming what was interrupted and how to resume, and exits
+:data:`EXIT_SIGINT` (130) or :data:`EXIT_SIGTERM` (143): the shell's 128 + signal number.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+import typer
+from rich.markup import escape
+
+from edgeport.cli.common import err_console
+
+__all__ = ["EXIT_SIGINT", "EXIT_SIGTERM", "interruptible"]
+
+#: Exit code after SIGINT (Ctrl-C) and SIGTERM: 128 + the signal number, as a shell reports them.
+EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM
+
+
+def _raise_termination(signum: int, frame: Any) -> NoReturn:
+    # Prefect is imported by then (after configure_runtime_env); imported here for that order
+    from prefect.exceptions import TerminationSignal
+
+    raise TerminationSignal(signal=signum)
+
+
+def _start_ephemeral_server() -> Any | None:
+    """Start Prefect's ephemeral API server with SIGINT blocked in it; None when a Prefect API URL is
+    configured (a server edgeport did not start, left alone).
+
+    The server is Prefect's own ``SubprocessASGIServer`` singleton: ``prefect.get_client`` reuses the
+    running instance and stops it at exit (its ``atexit`` hook). A blocked signal mask is inherited
+    by the child across ``exec``; SIGTERM is not blocked, so ``stop()`` works as before.
+    """
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return None
+    server = SubprocessASGIServer()
+    if server.running:  # an in-process caller (tests) started it already
+        return server
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        server.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a Ctrl-C that came meanwhile is delivered now
+    return server
+
+
+@contextmanager
+def interruptible(what: str, resume: str | None, prefect_server: bool = True) -> Iterator[None]:
+    """Run the body so that Ctrl-C or SIGTERM ends the command in seconds with one line and exit 130/143.
+
+    Args:
+        what: what is interrupted, for the message (``"edgeport run spec.yaml"``).
+        resume: the command that resumes it (None: nothing to resume, say so).
+        prefect_server: start the ephemeral Prefect server first (commands that run a flow; a
+            configured ``PREFECT_API_URL`` is used as is).
+
+    Raises:
+        typer.Exit: code :data:`EXIT_SIGINT` after SIGINT, :data:`EXIT_SIGTERM` after SIGTERM.
+    """
+    from prefect.exceptions import TerminationSignal
+
+    in_main = threading.current_thread() is threading.main_thread()  # signal handlers: main thread only
+    previous = (signal.getsignal(signal.SIGINT), signal.signal(signal.SIGTERM, _raise_termination)) if in_main else None
+    server = None
+    try:
+        if prefect_server:
+            server = _start_ephemeral_server()
+        yield
+    except (KeyboardInterrupt, TerminationSignal) as exc:
+        signum = getattr(exc, "signal", signal.SIGINT)
+        if in_main:  # a second Ctrl-C must not cut the clean-up short
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if server is not None:
+            server.stop()  # terminate + wait (Prefect's own stop); the flow run's final state is recorded by now
+        name = signal.Signals(signum).name
+        how = f"resume with `{resume}` (cached steps are reused)" if resume else "nothing to resume"
+        err_console.print(
+            f"[bold yellow]interrupted[/] ({name}): {escape(what)} stopped; its processes are stopped and nothing "
+            f"half-registered is kept; {escape(how)}",
+            soft_wrap=True, highlight=False,
+        )
+        raise typer.Exit(EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT) from None
+    finally:
+        if previous is not None:
+            if previous[0] is not None:  # None: not set from Python
+                signal.signal(signal.SIGINT, previous[0])
+            signal.signal(signal.SIGTERM, previous[1])
