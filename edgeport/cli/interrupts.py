@@ -13,8 +13,9 @@ What stops what, and where:
   it at once and the engine would then retry its final state report against a server that is gone
   (about 2.5 min of ``ConnectError`` retries, the flow run left ``Running``).
   :func:`interruptible` starts that server itself (Prefect's public ``SubprocessASGIServer``, the
-  instance Prefect's client then reuses) with SIGINT blocked, so the server only stops when it is
-  told to (SIGTERM from ``SubprocessASGIServer.stop``, at exit).
+  instance Prefect's client then reuses) from a thread that blocks SIGINT (a child inherits the
+  signal mask), so the server only stops when it is told to (SIGTERM from
+  ``SubprocessASGIServer.stop``: at exit, or at once when the command is interrupted).
 - SIGTERM outside a flow run raises ``TerminationSignal`` like Prefect's own handler does (inside a
   flow run Prefect's handler re-delivers the signal to this one after recording the crash).
 
@@ -64,11 +65,28 @@ def _start_ephemeral_server() -> Any | None:
     server = SubprocessASGIServer()
     if server.running:  # an in-process caller (tests) started it already
         return server
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    failed: list[Exception] = []
+
+    def start() -> None:  # in a thread of its own: only its mask (inherited by the server) blocks SIGINT
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            server.start()
+        except Exception as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=start, name="edgeport-prefect-server-start", daemon=True)
+    thread.start()
     try:
-        server.start()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a Ctrl-C that came meanwhile is delivered now
+        thread.join()  # a Ctrl-C meanwhile interrupts this wait, not the start-up
+    except BaseException:  # nothing was recorded on a server still starting: kill it, don't wait for it
+        for _ in range(2):  # the second pass: a server spawned while the first one ran
+            if server.server_process is not None:
+                server.server_process.kill()
+            server.stop()  # the start-up loop then ends (no process left to poll)
+            thread.join(timeout=1)
+        raise
+    if failed:
+        raise failed[0]
     return server
 
 
