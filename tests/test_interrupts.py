@@ -22,9 +22,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from mlflow import MlflowClient
 
 from edgeport.registry import REGISTRATION_TAG
+from mlflow import MlflowClient
 from tests.conftest import REPO, wait_until
 
 pytestmark = pytest.mark.slow
