@@ -144,7 +144,14 @@ def test_ctrl_c_during_benchmarks_stops_the_runner(run: Run) -> None:
 
     def runner() -> list[psutil.Process]:
         run.alive()
-        return [p for p in run.descendants() if any("runner.py" in part for part in p.cmdline())]
+        found = []
+        for p in run.descendants():
+            try:
+                if any("runner.py" in part for part in p.cmdline()):
+                    found.append(p)
+            except psutil.Error:  # gone meanwhile, or a zombie
+                pass
+        return found
 
     runners = wait_until(runner, 900, interval_s=0.05, message="no benchmark runner started")
     code, took_s, started = run.interrupt(signal.SIGINT, group=True)

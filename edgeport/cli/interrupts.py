@@ -25,7 +25,11 @@ The command then prints one line naming what was interrupted and how to resume, 
 
 from __future__ import annotations
 
+import atexit
+import logging
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,6 +44,28 @@ __all__ = ["EXIT_SIGINT", "EXIT_SIGTERM", "interruptible"]
 
 #: Exit code after SIGINT (Ctrl-C) and SIGTERM: 128 + the signal number, as a shell reports them.
 EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM
+
+_interrupted_exit: list[int] = []  # the exit code, once a command was interrupted
+
+
+def _skip_interpreter_teardown() -> None:
+    """The last ``atexit`` step of an interrupted command: exit now with its code.
+
+    Registered when this module is imported (with the CLI, before Prefect, MLflow or torch), so
+    every exit hook registered later has run first: Prefect drains its log and event workers to
+    its server and stops the ephemeral server, MLflow ends its runs. What is skipped is the
+    interpreter's teardown of the modules (torch, ONNX Runtime, ...): measured at 3-12 s on a
+    loaded 2-core host after an interrupted run, the difference between "exits in seconds" and not.
+    A no-op unless interrupted.
+    """
+    if _interrupted_exit:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_interrupted_exit[0])
+
+
+atexit.register(_skip_interpreter_teardown)
 
 
 def _raise_termination(signum: int, frame: Any) -> NoReturn:
@@ -107,18 +133,15 @@ def interruptible(what: str, resume: str | None, prefect_server: bool = True) ->
 
     in_main = threading.current_thread() is threading.main_thread()  # signal handlers: main thread only
     previous = (signal.getsignal(signal.SIGINT), signal.signal(signal.SIGTERM, _raise_termination)) if in_main else None
-    server = None
     try:
-        if prefect_server:
-            server = _start_ephemeral_server()
+        if prefect_server:  # stopped at exit by Prefect's atexit hook, after its log and event workers drained to it
+            _start_ephemeral_server()
         yield
     except (KeyboardInterrupt, TerminationSignal) as exc:
         signum = getattr(exc, "signal", signal.SIGINT)
         if in_main:  # a second Ctrl-C must not cut the clean-up short
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if server is not None:
-            server.stop()  # terminate + wait (Prefect's own stop); the flow run's final state is recorded by now
         name = signal.Signals(signum).name
         how = f"resume with `{resume}` (cached steps are reused)" if resume else "nothing to resume"
         err_console.print(
@@ -126,7 +149,10 @@ def interruptible(what: str, resume: str | None, prefect_server: bool = True) ->
             f"half-registered is kept; {escape(how)}",
             soft_wrap=True, highlight=False,
         )
-        raise typer.Exit(EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT) from None
+        code = EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
+        if in_main:  # an in-process caller in another thread (tests) is left its interpreter
+            _interrupted_exit.append(code)
+        raise typer.Exit(code) from None
     finally:
         if previous is not None:
             if previous[0] is not None:  # None: not set from Python
