@@ -262,6 +262,8 @@ def _register(
         try:
             if experiment_id is not None:
                 _undo_earlier_attempts(client, model_name, experiment_id, registration_id, spec.registry.alias)
+            if model_existed is False and not client.search_model_versions(f"name = '{model_name}'"):
+                client.delete_registered_model(model_name)  # this attempt created it: no empty model stays
         except Exception:  # noqa: BLE001 - the pending file stays: the next run removes the rest
             logger.warning("interrupted registration %s: clean-up left to the next run", registration_id, exc_info=True)
         raise

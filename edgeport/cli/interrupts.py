@@ -117,12 +117,14 @@ def _start_ephemeral_server() -> Any | None:
 
 
 @contextmanager
-def interruptible(what: str, resume: str | None, prefect_server: bool = True) -> Iterator[None]:
+def interruptible(what: str, resume: str, cleaned: str = "", prefect_server: bool = True) -> Iterator[None]:
     """Run the body so that Ctrl-C or SIGTERM ends the command in seconds with one line and exit 130/143.
 
     Args:
         what: what is interrupted, for the message (``"edgeport run spec.yaml"``).
-        resume: the command that resumes it (None: nothing to resume, say so).
+        resume: how to resume or redo it (``"resume with `edgeport run spec.yaml` ..."``).
+        cleaned: what the command's own clean-up guarantees, appended to "stopped, with its child
+            processes" (``"; nothing half-registered is kept"``).
         prefect_server: start the ephemeral Prefect server first (commands that run a flow; a
             configured ``PREFECT_API_URL`` is used as is).
 
@@ -143,10 +145,8 @@ def interruptible(what: str, resume: str | None, prefect_server: bool = True) ->
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         name = signal.Signals(signum).name
-        how = f"resume with `{resume}` (cached steps are reused)" if resume else "nothing to resume"
         err_console.print(
-            f"[bold yellow]interrupted[/] ({name}): {escape(what)} stopped; its processes are stopped and nothing "
-            f"half-registered is kept; {escape(how)}",
+            f"[bold yellow]interrupted[/] ({name}): {escape(what)} stopped, with its child processes{escape(cleaned)}; {escape(resume)}",
             soft_wrap=True, highlight=False,
         )
         code = EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT

@@ -106,7 +106,7 @@ def run(
         os.environ[ENV_SETUP_VAR] = "never"
     command = f"edgeport run {spec}" + (f" --output {output}" if output else "")
     try:
-        with interruptible(command, resume=command):  # Ctrl-C/SIGTERM: exit 130/143
+        with interruptible(command, f"resume with `{command}` (cached steps are reused)", cleaned="; nothing half-registered is kept"):  # Ctrl-C/SIGTERM: exit 130/143
             summary = pipeline(str(spec.resolve()), output_dir=str(out), tracking_uri=tracking_uri)
     except typer.Exit:  # interrupted
         raise
