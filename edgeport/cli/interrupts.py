@@ -14,8 +14,10 @@ What stops what, and where:
   (about 2.5 min of ``ConnectError`` retries, the flow run left ``Running``).
   :func:`interruptible` starts that server itself (Prefect's public ``SubprocessASGIServer``, the
   instance Prefect's client then reuses) from a thread that blocks SIGINT (a child inherits the
-  signal mask), so the server only stops when it is told to (SIGTERM from
-  ``SubprocessASGIServer.stop``: at exit, or at once when the command is interrupted).
+  signal mask), so the server only stops when it is told to: by ``SubprocessASGIServer.stop`` (SIGTERM)
+  at exit, after Prefect's log and event workers drained to it. Known limit: a SIGTERM sent to the
+  whole process group (``kill -TERM -PGID``, systemd's control-group stop) reaches the server too.
+- An interrupted command skips the interpreter's own teardown (:func:`_skip_interpreter_teardown`).
 - SIGTERM outside a flow run raises ``TerminationSignal`` like Prefect's own handler does (inside a
   flow run Prefect's handler re-delivers the signal to this one after recording the crash).
 
