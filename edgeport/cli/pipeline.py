@@ -97,8 +97,6 @@ def run(
         fail(exc, debug)
     configure_runtime_env()
     out = (output or default_output_dir(parsed.name)).resolve()
-    from flows.pipeline import pipeline
-
     if not debug:
         quiet_tracebacks()
     previous = os.environ.get(ENV_SETUP_VAR)
@@ -106,7 +104,11 @@ def run(
         os.environ[ENV_SETUP_VAR] = "never"
     command = f"edgeport run {spec}" + (f" --output {output}" if output else "")
     try:
-        with interruptible(command, f"resume with `{command}` (cached steps are reused)", cleaned="; nothing half-registered is kept"):  # Ctrl-C/SIGTERM: exit 130/143
+        resume = f"resume with `{command}` (cached steps are reused)"
+        with interruptible(command, resume, cleaned="; nothing half-registered is kept"):  # Ctrl-C/SIGTERM: exit 130/143
+            # imported here: a Ctrl-C during this import (seconds) is an interrupt too
+            from flows.pipeline import pipeline
+
             summary = pipeline(str(spec.resolve()), output_dir=str(out), tracking_uri=tracking_uri)
     except typer.Exit:  # interrupted
         raise
