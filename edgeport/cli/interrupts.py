@@ -71,10 +71,23 @@ atexit.register(_skip_interpreter_teardown)
 
 
 def _raise_termination(signum: int, frame: Any) -> NoReturn:
-    # Prefect is imported by then (after configure_runtime_env); imported here for that order
+    # Imported here: before configure_runtime_env (the pre-start checks) Prefect is not imported
+    # yet; importing it then does not matter, the command is ending.
     from prefect.exceptions import TerminationSignal
 
     raise TerminationSignal(signal=signum)
+
+
+def _interrupt_signal(exc: BaseException) -> int | None:
+    """The signal behind ``exc`` (``KeyboardInterrupt``: SIGINT; Prefect's ``TerminationSignal``: its
+    signal), or None for any other exception. Looks Prefect up in ``sys.modules`` only: the pre-start
+    checks run before Prefect may be imported."""
+    if isinstance(exc, KeyboardInterrupt):
+        return signal.SIGINT
+    termination = getattr(sys.modules.get("prefect.exceptions"), "TerminationSignal", None)
+    if termination is not None and isinstance(exc, termination):
+        return exc.signal
+    return None
 
 
 def _start_ephemeral_server() -> Any | None:
@@ -133,16 +146,16 @@ def interruptible(what: str, resume: str, cleaned: str = "", prefect_server: boo
     Raises:
         typer.Exit: code :data:`EXIT_SIGINT` after SIGINT, :data:`EXIT_SIGTERM` after SIGTERM.
     """
-    from prefect.exceptions import TerminationSignal
-
     in_main = threading.current_thread() is threading.main_thread()  # signal handlers: main thread only
     previous = (signal.getsignal(signal.SIGINT), signal.signal(signal.SIGTERM, _raise_termination)) if in_main else None
     try:
         if prefect_server:  # stopped at exit by Prefect's atexit hook, after its log and event workers drained to it
             _start_ephemeral_server()
         yield
-    except (KeyboardInterrupt, TerminationSignal) as exc:
-        signum = getattr(exc, "signal", signal.SIGINT)
+    except BaseException as exc:
+        signum = _interrupt_signal(exc)
+        if signum is None:
+            raise
         if in_main:  # a second Ctrl-C must not cut the clean-up short
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)

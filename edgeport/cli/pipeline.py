@@ -90,9 +90,12 @@ def run(
     from edgeport.checks import check_inputs
     from edgeport.spec import load_spec
 
+    command = f"edgeport run {spec}" + (f" --output {output}" if output else "")
+    resume = f"resume with `{command}` (cached steps are reused)"
     try:  # the spec, files and data, before Prefect or MLflow is touched
-        parsed = load_spec(spec)
-        check_inputs(parsed, output_dir=output)
+        with interruptible(command, resume, prefect_server=False):
+            parsed = load_spec(spec)
+            check_inputs(parsed, output_dir=output)
     except EdgeportError as exc:
         fail(exc, debug)
     configure_runtime_env()
@@ -102,9 +105,7 @@ def run(
     previous = os.environ.get(ENV_SETUP_VAR)
     if no_env_setup:  # read by the flow's preflight (edgeport.targets.env_setup_enabled)
         os.environ[ENV_SETUP_VAR] = "never"
-    command = f"edgeport run {spec}" + (f" --output {output}" if output else "")
     try:
-        resume = f"resume with `{command}` (cached steps are reused)"
         with interruptible(command, resume, cleaned="; nothing half-registered is kept"):  # Ctrl-C/SIGTERM: exit 130/143
             # imported here: a Ctrl-C during this import (seconds) is an interrupt too
             from flows.pipeline import pipeline
