@@ -16,6 +16,7 @@ from edgeport.data import benchmark_samples_path
 from edgeport.errors import ExportError, ValidationFailed
 from edgeport.spec import PipelineSpec
 from flows.caching import cached_export
+from flows.hooks import cancel_when_interrupted
 from tasks.benchmark import benchmark_target_task
 from tasks.export import (
     EXPORTERS,
@@ -31,7 +32,10 @@ from tasks.validate import validate_task
 __all__ = ["select_export_flow"]
 
 
-@flow(name="edgeport-select-export", description="export.exporter auto: the fastest valid ONNX exporter.")
+@flow(
+    name="edgeport-select-export", description="export.exporter auto: the fastest valid ONNX exporter.",
+    on_crashed=[cancel_when_interrupted],
+)
 def select_export_flow(spec: PipelineSpec, output_dir: str, cache_dir: str | None = None) -> tuple[ExportResult, dict]:
     """Export with every exporter (:data:`tasks.export.EXPORTERS`), validate each against PyTorch, and
     keep the fastest valid one: p50 (ms) on the spec's first target at the primary batch size,

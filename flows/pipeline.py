@@ -41,6 +41,7 @@ from edgeport.spec import PipelineSpec, load_spec
 from flows.artifacts import benchmark_progress, publish_benchmarks, publish_summary
 from flows.caching import RunLog, cached_export, latencies_kept, report_restored
 from flows.export import select_export_flow
+from flows.hooks import cancel_when_interrupted
 from flows.remote_benchmark import remote_benchmark_task
 from flows.search import search_flow
 from tasks.benchmark import benchmark_target_task
@@ -61,7 +62,10 @@ __all__ = ["PIPELINE_COMPLETED_EVENT", "pipeline"]
 PIPELINE_COMPLETED_EVENT = "edgeport.pipeline.completed"
 
 
-@flow(name="edgeport-pipeline", description="Checkpoint -> validated, quantized, benchmarked ONNX variants -> MLflow registry.")
+@flow(
+    name="edgeport-pipeline", description="Checkpoint -> validated, quantized, benchmarked ONNX variants -> MLflow registry.",
+    on_crashed=[cancel_when_interrupted],
+)
 def pipeline(
     spec_path: str,
     output_dir: str | None = None,

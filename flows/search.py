@@ -28,6 +28,7 @@ from edgeport.records import VariantRecord, primary_benchmark
 from edgeport.spec import PipelineSpec, spec_digest
 from flows.artifacts import publish_search
 from flows.caching import run_cached
+from flows.hooks import cancel_when_interrupted
 from tasks.benchmark import benchmark_target_task
 from tasks.quantize import preprocess
 from tasks.search import (
@@ -132,7 +133,11 @@ def _run_trials(spec: PipelineSpec, ranking: list[dict[str, Any]], run_trial: An
     return trials, limit_reached() or stopped
 
 
-@flow(name="edgeport-search", flow_run_name="search-{spec.name}", description="Accuracy-aware quantization search: the fastest static INT8 configuration within the quality budget.")
+@flow(
+    name="edgeport-search", flow_run_name="search-{spec.name}",
+    description="Accuracy-aware quantization search: the fastest static INT8 configuration within the quality budget.",
+    on_crashed=[cancel_when_interrupted],
+)
 def search_flow(spec: PipelineSpec, variants: list[dict[str, Any]], output_dir: str) -> tuple[VariantRecord | None, dict[str, Any]]:
     """Run the search of ``spec.search`` (see :mod:`tasks.search`) as a child flow run of the pipeline.
 

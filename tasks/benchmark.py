@@ -197,6 +197,10 @@ def benchmark_variant(
         timed_out = True
         signal_group(proc.pid)  # the runner and anything it started (it leads its own session)
         stdout, stderr = proc.communicate()
+    except BaseException:  # Ctrl-C / SIGTERM: its own session got no signal from the terminal; stop it
+        signal_group(proc.pid)
+        proc.wait()
+        raise
     (output_dir / f"{stem}.stderr.log").write_text(stderr or "")
 
     result, problem = None, None

@@ -218,6 +218,7 @@ def _register(
     identities: dict[str, str] = {}  # created version -> its identity, tagged once the registration completes
     reused: list[str] = []  # variants whose identical version existed already
     model_existed: bool | None = None
+    experiment_id: str | None = None
     alias_before: str | None = None
     alias_set = False
     target_aliases_before: dict[str, str | None] = {}  # per-target aliases this call moved, as they were
@@ -322,6 +323,16 @@ def _register(
         _rollback(client, model_name, created, model_existed, spec.registry.alias, alias_before, alias_set, target_aliases_before)
         undone = f"; deleted the {len(created)} version(s) it had created ({', '.join(created)})" if created else ""
         raise mlflow_error(exc, f"registering {model_name!r}", tracking_uri, wrap_all=True, detail=undone) from exc
+    except BaseException:  # Ctrl-C / SIGTERM: undo this attempt now, as the next attempt would (runs included)
+        _rollback(client, model_name, created, model_existed, spec.registry.alias, alias_before, alias_set)
+        try:
+            if experiment_id is not None:
+                _undo_earlier_attempts(client, model_name, experiment_id, registration_id, spec.registry.alias)
+            if model_existed is False and not client.search_model_versions(f"name = '{model_name}'"):
+                client.delete_registered_model(model_name)  # this attempt created it: no empty model stays
+        except Exception:  # noqa: BLE001 - the pending file stays: the next run removes the rest
+            logger.warning("interrupted registration %s: clean-up left to the next run", registration_id, exc_info=True)
+        raise
 
 
 def _parent_tags(spec: PipelineSpec, spec_path: Path, flow_run: dict | None) -> dict[str, str]:

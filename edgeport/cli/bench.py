@@ -52,6 +52,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgeport.cli.common import console, err_console, fail
+from edgeport.cli.interrupts import interruptible
 from edgeport.errors import DataError, EdgeportError, RuntimeLoadError, TargetError
 from edgeport.runtime_env import configure_runtime_env
 from edgeport.spec import InputSpec, PipelineSpec
@@ -411,7 +412,8 @@ def bench(
 
     entries: list[dict[str, Any]] = []
     runtimes: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="edgeport-bench-") as tmp:
+    interrupted = interruptible(f"edgeport bench {model}", "re-run it to measure again", prefect_server=False)  # exit 130/143
+    with interrupted, tempfile.TemporaryDirectory(prefix="edgeport-bench-") as tmp:
         folder = (work_dir.expanduser() if work_dir is not None else Path(tmp)).resolve()
         for name in targets:
             err_console.print(f"{name}: batch sizes {', '.join(map(str, sizes))} ...", markup=False, highlight=False)

@@ -6,6 +6,7 @@ traceback with ``--debug``). When Prefect's API goes away after the registration
 (``summary.json`` of this run says ``registration: done`` and the registry holds its versions),
 the run is reported from those with a warning, not as an error
 (:func:`completed_despite_orchestrator`).
+Interrupted by Ctrl-C / SIGTERM: exit 130 / 143 (:mod:`edgeport.cli.interrupts`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import typer
 from rich.markup import escape
 
 from edgeport.cli.common import console, err_console, fail, quiet_tracebacks
+from edgeport.cli.interrupts import interruptible
 from edgeport.errors import EdgeportError
 from edgeport.home import (
     default_artifact_root,
@@ -152,15 +154,16 @@ def run(
     from edgeport.checks import check_inputs
     from edgeport.spec import load_spec
 
+    command = f"edgeport run {spec}" + (f" --output {output}" if output else "")
+    resume = f"resume with `{command}` (cached steps are reused)"
     try:  # the spec, files and data, before Prefect or MLflow is touched
-        parsed = load_spec(spec)
-        check_inputs(parsed, output_dir=output)
+        with interruptible(command, resume, prefect_server=False):
+            parsed = load_spec(spec)
+            check_inputs(parsed, output_dir=output)
     except EdgeportError as exc:
         fail(exc, debug)
     configure_runtime_env()
     out = (output or default_output_dir(parsed.name)).resolve()
-    from flows.pipeline import pipeline
-
     if not debug:
         quiet_tracebacks()
     previous = os.environ.get(ENV_SETUP_VAR)
@@ -168,7 +171,13 @@ def run(
         os.environ[ENV_SETUP_VAR] = "never"
     started = time.time()
     try:
-        summary = pipeline(str(spec.resolve()), output_dir=str(out), tracking_uri=tracking_uri, register_always=register_always)
+        with interruptible(command, resume, cleaned="; nothing half-registered is kept"):  # Ctrl-C/SIGTERM: exit 130/143
+            # imported here: a Ctrl-C during this import (seconds) is an interrupt too
+            from flows.pipeline import pipeline
+
+            summary = pipeline(str(spec.resolve()), output_dir=str(out), tracking_uri=tracking_uri, register_always=register_always)
+    except typer.Exit:  # interrupted
+        raise
     except EdgeportError as exc:
         fail(exc, debug)
     except Exception as exc:  # an unexpected failure: still a message, not a traceback

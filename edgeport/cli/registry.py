@@ -28,6 +28,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgeport.cli.common import console, err_console, fail, quiet_tracebacks
+from edgeport.cli.interrupts import interruptible
 from edgeport.errors import EdgeportError
 from edgeport.runtime_env import configure_runtime_env
 
@@ -101,16 +102,19 @@ def promote(
     from flows.promote import promote_flow
 
     try:
-        decision = promote_flow(
-            model,
-            version=version,
-            alias=alias,
-            target=target,
-            batch_size=batch_size,
-            tracking_uri=tracking_uri,
-            spec_path=str(spec.expanduser().resolve()) if spec else None,
-            per_target=target is not None,
-        )
+        with interruptible(f"edgeport promote {model}", f"re-run `edgeport promote {model}` to decide again"):  # Ctrl-C/SIGTERM: 130/143
+            decision = promote_flow(
+                model,
+                version=version,
+                alias=alias,
+                target=target,
+                batch_size=batch_size,
+                tracking_uri=tracking_uri,
+                spec_path=str(spec.expanduser().resolve()) if spec else None,
+                per_target=target is not None,
+            )
+    except typer.Exit:  # interrupted
+        raise
     except EdgeportError as exc:
         fail(exc, debug)
     except Exception as exc:  # noqa: BLE001 - unexpected: still a message, not a traceback
