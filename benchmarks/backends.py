@@ -147,7 +147,14 @@ def _variant_spec(name: str, fields: dict[str, Any]) -> Any:
     return QuantizationVariantSpec.model_validate({"name": name, **fields})
 
 
-def build_minilm(work: Path) -> tuple[Any, list[dict[str, Any]]]:
+def _limit_eval(spec: Any, num_eval: int | None) -> Any:
+    """``spec`` with ``evaluation.max_samples`` = ``num_eval`` (None: unchanged)."""
+    if num_eval is None:
+        return spec
+    return spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update={"max_samples": num_eval})})
+
+
+def build_minilm(work: Path, num_eval: int | None = None) -> tuple[Any, list[dict[str, Any]]]:
     """MiniLM's spec (``examples/minilm/pipeline.yaml``, legacy export, 2-thread cpu target) and its
     variants: ``[{"name", "backend", "parent", "path", "settings"}]``."""
     from edgeport.spec import load_spec
@@ -156,7 +163,7 @@ def build_minilm(work: Path) -> tuple[Any, list[dict[str, Any]]]:
     from tasks.quantize import quantize_variant
 
     spec = load_spec(REPO / "examples" / "minilm" / "pipeline.yaml")
-    spec = spec.model_copy(update={"export": spec.export.model_copy(update={"exporter": "legacy"})})
+    spec = _limit_eval(spec.model_copy(update={"export": spec.export.model_copy(update={"exporter": "legacy"})}), num_eval)
     export = export_model(spec, cache_dir=work / "export-cache")
     opt = spec.optimization
     fused = optimize_transformer(
@@ -178,13 +185,13 @@ def build_minilm(work: Path) -> tuple[Any, list[dict[str, Any]]]:
     return spec, variants
 
 
-def build_cnn(work: Path) -> tuple[Any, list[dict[str, Any]]]:
+def build_cnn(work: Path, num_eval: int | None = None) -> tuple[Any, list[dict[str, Any]]]:
     """The CNN's spec (``examples/cnn/pipeline.yaml``) and its variants (FP32 and the spec's six)."""
     from edgeport.spec import load_spec
     from tasks.export import export_model
     from tasks.quantize import quantize_variant
 
-    spec = load_spec(REPO / "examples" / "cnn" / "pipeline.yaml")
+    spec = _limit_eval(load_spec(REPO / "examples" / "cnn" / "pipeline.yaml"), num_eval)
     export = export_model(spec, cache_dir=work / "export-cache")
     variants = [{"name": "fp32", "backend": "-", "parent": "checkpoint", "path": export.onnx_path, "settings": {"exporter": export.exporter}}]
     for v in spec.quantization:
@@ -265,7 +272,7 @@ def _quality(q: dict[str, Any]) -> str:
     if q["metric"] == "cosine":
         return f"cos {q['cosine_mean']:.4f}"
     drop = q.get("drop")
-    return f"top-1 {100 * q['value']:.2f} %" + ("" if drop is None else f" ({-100 * drop:+.2f} pp)")
+    return f"top-1 {100 * q['value']:.2f} %" + ("" if not drop else f" ({-100 * drop:+.2f} pp)")
 
 
 def report(result: dict[str, Any]) -> str:
@@ -309,7 +316,8 @@ def report(result: dict[str, Any]) -> str:
                 cell = []
                 for b in BATCH_SIZES:
                     e = es.get(b)
-                    cell.append(_fmt(e.get("p50_ms"), 1) if e and e["status"] == "ok" else (e["status"] if e else "-"))
+                    ok = e is not None and e["status"] == "ok" and e.get("p50_ms") is not None
+                    cell.append(_fmt(e["p50_ms"], 2 if e["p50_ms"] < 10 else 1) if ok else (e["status"] if e else "-"))
                 cells.append(" / ".join(cell))
                 val = p50.get((t, v["name"], big))
                 if val and fp32[big] and (best is None or fp32[big] / val > best[0]):
@@ -328,7 +336,16 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(models: tuple[str, ...], targets: tuple[str, ...], rounds: int, time_budget_s: float, warmup: int, work: Path, command: str) -> dict[str, Any]:
+def run(
+    models: tuple[str, ...],
+    targets: tuple[str, ...],
+    rounds: int,
+    time_budget_s: float,
+    warmup: int,
+    work: Path,
+    command: str,
+    num_eval: int | None = None,
+) -> dict[str, Any]:
     """Build, evaluate and sweep; the JSON-able result :func:`report` formats."""
     import nncf
 
@@ -340,7 +357,7 @@ def run(models: tuple[str, ...], targets: tuple[str, ...], rounds: int, time_bud
     built: dict[str, tuple[Any, list[dict[str, Any]]]] = {}
     for model in models:
         print(f"[{model}] building and evaluating variants ...", file=sys.stderr, flush=True)
-        spec, variants = (build_minilm if model == "minilm" else build_cnn)(work / model)
+        spec, variants = (build_minilm if model == "minilm" else build_cnn)(work / model, num_eval)
         evaluate(spec, variants, work / model)
         built[model] = (spec, variants)
     jobs = []
@@ -380,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
     parser.add_argument("--time-budget", type=float, default=4.0, help="seconds of timed runs per batch size, all rounds (default 4)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs per batch size and round (default 3)")
+    parser.add_argument("--num-eval", type=int, default=None, help="evaluation samples per model (default: the whole set)")
     parser.add_argument("--work", type=Path, help="work folder (default: a temporary one, removed)")
     parser.add_argument("--out", type=Path, help="also write the markdown report here")
     args = parser.parse_args(argv)
@@ -393,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="edgeport-backends-") as tmp:
         work = (args.work or Path(tmp)).resolve()
         work.mkdir(parents=True, exist_ok=True)
-        result = run(models, tuple(t for t in args.targets.split(",") if t), args.rounds, args.time_budget, args.warmup, work, command.strip())
+        result = run(models, tuple(t for t in args.targets.split(",") if t), args.rounds, args.time_budget, args.warmup, work, command.strip(), args.num_eval)
         (work / "report.json").write_text(json.dumps(result, indent=2, default=str))
         text = report(result)
     print(text)
