@@ -106,6 +106,8 @@ def digits_spec_dict(artifacts: dict[str, Path], **overrides) -> dict:
     data["evaluation"]["dataset"] = str(artifacts["eval"])
     data["benchmark"] = {"batch_sizes": [1, 32], "warmup": 5, "repetitions": 60, "time_budget_s": 0.5, "timeout_s": 120}
     data["targets"] = [{"name": "cpu"}]  # the example's other targets: see test_pipeline.py
+    # The example's ONNX Runtime variants (its NNCF variant: tests/test_quantize_nncf.py builds NNCF ones).
+    data["quantization"] = [v for v in data["quantization"] if v.get("backend", "onnxruntime") == "onnxruntime"]
     for key, value in overrides.items():
         data[key] = value
     return data

@@ -131,7 +131,10 @@ def test_pipeline_yaml_is_valid_under_the_current_spec():
     assert spec.export.exporter == "auto"
     assert spec.optimization is not None and spec.optimization.require["Attention"] == 6
     assert spec.evaluation is not None and spec.evaluation.metric == "cosine" and spec.evaluation.reference_key == "embeddings"
-    assert [v.kind for v in spec.quantization] == ["dynamic_int8", "static_int8", "weight_only_int4", "weight_only_int4"]
+    assert [v.kind for v in spec.quantization] == ["dynamic_int8", "static_int8", "weight_only_int4", "weight_only_int4", "static_int8"]
+    nncf_int8 = spec.quantization[-1]
+    assert (nncf_int8.backend, nncf_int8.model_type, nncf_int8.parent) == ("nncf", "transformer", "fp32")
+    assert [t.name for t in spec.targets] == ["cpu-2t", "openvino-cpu"]
 
 
 # --- the example end to end: export -> optimize -> quantize -> fidelity gate -> registry ----------
@@ -155,6 +158,7 @@ def minilm_e2e(prefect_harness, minilm_artifacts, tmp_path_factory):
     data["evaluation"]["dataset"] = str(minilm_artifacts["eval"])
     data["benchmark"] = {"batch_sizes": [1], "warmup": 2, "repetitions": 20, "time_budget_s": 0.4, "rounds": 1, "timeout_s": 300}
     data["export"]["exporter"] = "legacy"  # fusion assertions below; `auto` has its own test
+    data["targets"] = data["targets"][:1]  # cpu-2t; openvino-cpu: tests/test_targets.py
     uri = f"sqlite:///{root / 'mlflow.db'}"
     data["registry"]["tracking_uri"] = uri
     spec_path = root / "pipeline.yaml"
@@ -169,8 +173,14 @@ def test_flow_records_the_fused_parent_and_fidelity_metrics(minilm_e2e):
 
     summary = json.loads((minilm_e2e["root"] / "out" / "summary.json").read_text())
     variants = {v["name"]: v for v in summary["variants"]}
-    assert list(variants) == ["fp32", "fp32-optimized", "int8-dynamic", "int8-static", "int4", "int4-embeddings"]
-    assert [v["kind"] for v in variants.values()] == ["fp32", "fp32", "dynamic_int8", "static_int8", "weight_only_int4", "weight_only_int4"]
+    assert list(variants) == ["fp32", "fp32-optimized", "int8-dynamic", "int8-static", "int4", "int4-embeddings", "nncf-int8"]
+    assert [v["kind"] for v in variants.values()] == [
+        "fp32", "fp32", "dynamic_int8", "static_int8", "weight_only_int4", "weight_only_int4", "static_int8"
+    ]
+    # NNCF's static INT8, from the unfused FP32 (its MatMuls are plain there): QDQ around them.
+    nncf_int8 = variants["nncf-int8"]
+    assert nncf_int8["lineage"]["parent"] == "fp32" and nncf_int8["quantization"]["algorithm"] == "nncf.quantize"
+    assert nncf_int8["op_counts"]["QuantizeLinear"] >= 36
     # INT4 for size: built from the unfused FP32, embedding tables 4-bit too.
     small = variants["int4-embeddings"]
     assert small["lineage"]["parent"] == "fp32" and small["validation"]["reference"] == "fp32"

@@ -28,6 +28,8 @@ def _example() -> dict:
 
 def _bad_spec(tmp_path: Path, mutate) -> Path:
     data = copy.deepcopy(_example())
+    # The example's ONNX Runtime variants only: the tests append the variant they check as quantization.2.
+    data["quantization"] = [v for v in data["quantization"] if v.get("backend", "onnxruntime") == "onnxruntime"]
     mutate(data)
     return write_spec(tmp_path / "bad", data)
 
@@ -61,7 +63,9 @@ def test_load_example_resolves_paths_against_the_spec_folder(tmp_path: Path, mon
     assert [i.name for i in spec.inputs] == ["pixels"]
     assert spec.inputs[0].shape == ["batch", 1, 8, 8]
     assert spec.dynamic_dims == ["batch"]
-    assert [v.name for v in spec.quantization] == ["int8-static", "int8-dynamic"]
+    assert [(v.name, v.backend) for v in spec.quantization] == [
+        ("int8-static", "onnxruntime"), ("int8-dynamic", "onnxruntime"), ("nncf-int8", "nncf")
+    ]
     assert spec.benchmark.primary == 1
 
 
