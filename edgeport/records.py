@@ -91,14 +91,16 @@ class _Record(BaseModel):
 
 class Validation(_Record):
     """A validation report (:func:`tasks.validate.validate_onnx`): ONNX Runtime outputs vs PyTorch
-    (``reference: torch``, gated) or vs the FP32 ONNX model (``reference: fp32``, reported).
+    (``reference: torch``, gated), vs the FP32 ONNX model (``reference: fp32``, reported), or, for
+    an ONNX source, with no reference (``reference: none``: every batch size runs, outputs finite;
+    ``skipped`` lists batch sizes a static batch dim does not fit, with the reason).
     Errors are absolute / relative (unitless); every other key of the report is kept."""
 
     model_config = ConfigDict(extra="allow")
     omit_unset: ClassVar[frozenset[str]] = frozenset({"*"})
 
     passed: bool
-    reference: Literal["torch", "fp32"] | None = None
+    reference: Literal["torch", "fp32", "none"] | None = None
     gated: bool | None = None
     rtol: Number | None = None
     atol: Number | None = None
