@@ -33,16 +33,11 @@ this module is the register step and its undo. The plain function takes an expli
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import uuid
 from pathlib import Path
-from typing import Any
 
-import onnx
-import onnxruntime
-from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -60,13 +55,11 @@ from edgeport.registry import (
     alias_version,
     check_tracking_uri,
     ensure_experiment,
-    finite,
     flatten_params,
-    git_commit,
     jsonable,
-    metric_key,
     mlflow_error,
     mlflow_http_settings,
+    parent_run_tags,
     ranked_tags,
     redact_uri,
     registered_model_exists,
@@ -74,55 +67,29 @@ from edgeport.registry import (
     set_alias,
     target_alias,
     using_store,
-    version_exists,
+    variant_metrics,
+    variant_run_tags,
     with_retry_window,
     won_tags,
 )
+from edgeport.registry.cleanup import remove_interrupted_attempt, roll_back
 from edgeport.registry.identity import (
     IDENTITY_TAG,
     REUSED_VERSION_TAG,
-    find_identical_version,
+    checkpoint_sha256_of,
+    identical_versions,
     variant_identity,
 )
 from edgeport.registry.signature import log_onnx, mlflow_providers
-from edgeport.spec import PipelineSpec, TargetSpec, spec_digest
+from edgeport.spec import PipelineSpec, TargetSpec
 
-__all__ = ["BENCHMARK_METRICS", "check_tracking_uri_task", "primary_p50_ms", "register_pipeline", "register_task"]
+__all__ = ["check_tracking_uri_task", "primary_p50_ms", "register_pipeline", "register_task"]
 
 logger = logging.getLogger("edgeport.register")
 
-#: Benchmark fields logged as metrics, one key per target and batch size: ``p50_ms.cpu.b1``
-#: (``ci_halfwidth_pct``: 95% CI half-width of the median in % of p50, used by the promotion gate).
-BENCHMARK_METRICS = (
-    "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput", "peak_rss_mb", "session_create_ms", "ci_halfwidth_pct",
-)
 
 #: Keys every variant dict handed to :func:`register_pipeline` must have.
 REQUIRED_VARIANT_KEYS = ("name", "kind", "path", "passed")
-
-
-def _variant_metrics(variant: dict) -> dict[str, float]:
-    metrics: dict[str, float] = {}
-
-    def put(key: str, value: Any) -> None:
-        number = finite(value)
-        if number is not None:
-            metrics[metric_key(key)] = number
-
-    put("size_bytes", variant.get("size_bytes"))
-    validation = variant.get("validation") or {}
-    put("validation.max_abs_err", validation.get("max_abs_err"))
-    put("validation.max_rel_err", validation.get("max_rel_err"))
-    evaluation = variant.get("evaluation") or {}
-    put("accuracy", evaluation.get("value"))
-    put("accuracy_drop", evaluation.get("drop"))
-    for entry in variant.get("benchmarks") or []:
-        if entry.get("status") != "ok":
-            continue
-        suffix = f"{entry.get('target')}.b{entry.get('batch_size')}"
-        for field in BENCHMARK_METRICS:
-            put(f"{field}.{suffix}", entry.get(field))
-    return metrics
 
 
 def _check_variants(spec: PipelineSpec, variants: list[dict]) -> None:
@@ -224,7 +191,7 @@ def _register(
     target_aliases_before: dict[str, str | None] = {}  # per-target aliases this call moved, as they were
     try:
         experiment_id = ensure_experiment(client, spec.registry.experiment, tracking_uri)
-        _undo_earlier_attempts(client, model_name, experiment_id, registration_id, spec.registry.alias)
+        remove_interrupted_attempt(client, model_name, experiment_id, registration_id, spec.registry.alias)
         model_existed = registered_model_exists(client, model_name)
         first_target = spec.targets[0].name
         # the per-target pick needs only the records: known before logging, so each version's
@@ -234,14 +201,14 @@ def _register(
         for target in reversed(spec.targets):
             if target.name in winners:
                 logged_for[winners[target.name]["variant"]] = target
-        checkpoint = _checkpoint_sha256(variants)
+        checkpoint = checkpoint_sha256_of(variants)
         identity = {v["name"]: variant_identity(spec, v, checkpoint) for v in variants if v["passed"]}
-        existing = {} if register_always else _identical_versions(client, model_name, identity)
+        existing = {} if register_always else identical_versions(client, model_name, identity)
         with using_store(tracking_uri):
             with mlflow.start_run(
                 experiment_id=experiment_id,
                 run_name=spec.name,
-                tags={**_parent_tags(spec, spec_path, flow_run), REGISTRATION_TAG: registration_id},
+                tags={**parent_run_tags(spec, spec_path, flow_run), REGISTRATION_TAG: registration_id},
                 description=f"edgeport pipeline {spec.name}: {len(variants)} variant(s)",
             ) as parent:
                 run_id = parent.info.run_id
@@ -289,7 +256,7 @@ def _register(
                     mlflow.set_tag(TARGET_ALIASES_BEFORE_TAG, json.dumps(target_aliases_before, sort_keys=True))
                     for target_name, won in challengers.items():
                         set_alias(client, model_name, target_alias(spec.registry.alias, target_name), won["version"])
-                    _tag_winners(client, spec, challengers)
+                    tag_winners(client, spec, challengers)
                     mlflow.set_tag("edgeport.challengers", json.dumps(
                         {t: {"variant": w["variant"], "version": w["version"]} for t, w in challengers.items()}
                     ))
@@ -320,82 +287,19 @@ def _register(
         (output_dir / "registration.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
         return result
     except Exception as exc:
-        _rollback(client, model_name, created, model_existed, spec.registry.alias, alias_before, alias_set, target_aliases_before)
+        roll_back(client, model_name, created, model_existed, spec.registry.alias, alias_before, alias_set, target_aliases_before)
         undone = f"; deleted the {len(created)} version(s) it had created ({', '.join(created)})" if created else ""
         raise mlflow_error(exc, f"registering {model_name!r}", tracking_uri, wrap_all=True, detail=undone) from exc
     except BaseException:  # Ctrl-C / SIGTERM: undo this attempt now, as the next attempt would (runs included)
-        _rollback(client, model_name, created, model_existed, spec.registry.alias, alias_before, alias_set)
+        roll_back(client, model_name, created, model_existed, spec.registry.alias, alias_before, alias_set)
         try:
             if experiment_id is not None:
-                _undo_earlier_attempts(client, model_name, experiment_id, registration_id, spec.registry.alias)
+                remove_interrupted_attempt(client, model_name, experiment_id, registration_id, spec.registry.alias)
             if model_existed is False and not client.search_model_versions(f"name = '{model_name}'"):
                 client.delete_registered_model(model_name)  # this attempt created it: no empty model stays
         except Exception:  # noqa: BLE001 - the pending file stays: the next run removes the rest
             logger.warning("interrupted registration %s: clean-up left to the next run", registration_id, exc_info=True)
         raise
-
-
-def _parent_tags(spec: PipelineSpec, spec_path: Path, flow_run: dict | None) -> dict[str, str]:
-    tags = {
-        "edgeport.spec": str(spec_path),
-        "edgeport.spec_name": spec.name,
-        "edgeport.spec_digest": spec_digest(spec),
-        "edgeport.versions.onnx": onnx.__version__,
-        "edgeport.versions.onnxruntime": onnxruntime.__version__,
-    }
-    if spec_path.is_file():
-        tags["edgeport.spec_sha256"] = file_sha256(spec_path)
-    commit = git_commit()
-    if commit:
-        tags["edgeport.git_commit"] = commit
-        tags["mlflow.source.git.commit"] = commit
-    for key in ("id", "name", "url"):
-        if flow_run and flow_run.get(key):
-            tags[f"edgeport.prefect.flow_run_{key}"] = str(flow_run[key])
-    return tags
-
-
-def _identical_versions(client: MlflowClient, name: str, identity: dict[str, str]) -> dict[str, str]:
-    """Variant name -> the existing version it is identical to (looked up before anything is
-    written, so two identical registrations racing both see the store as it was)."""
-    found = {variant: find_identical_version(client, name, digest) for variant, digest in identity.items()}
-    return {variant: version for variant, version in found.items() if version is not None}
-
-
-def _checkpoint_sha256(variants: list[dict]) -> str | None:
-    """The checkpoint's sha256 from the FP32 variant's lineage (``parent: checkpoint:<sha256>``)."""
-    for variant in variants:
-        parent = str((variant.get("lineage") or {}).get("parent") or "")
-        if parent.startswith("checkpoint:"):
-            return parent.removeprefix("checkpoint:")
-    return None
-
-
-def _run_tags(variant: dict, registration_id: str | None) -> dict[str, str]:
-    """The tags of a variant's nested run (verdicts, lineage, sha256, non-ok benchmarks)."""
-    name, passed = variant["name"], bool(variant["passed"])
-    lineage = variant.get("lineage") or {}
-    tags = {
-        "edgeport.variant": name,
-        "edgeport.kind": str(variant["kind"]),
-        "edgeport.passed": str(passed).lower(),
-    }
-    if registration_id:
-        tags[REGISTRATION_TAG] = registration_id
-    for key in ("parent", "step"):
-        if lineage.get(key) is not None:
-            tags[f"edgeport.lineage.{key}"] = str(lineage[key])
-    for gate in ("validation", "evaluation"):  # the gates' verdicts, read by the promotion gate
-        if isinstance(variant.get(gate), dict) and "passed" in variant[gate]:
-            tags[f"edgeport.{gate}.passed"] = str(bool(variant[gate]["passed"])).lower()
-    if isinstance(variant.get("evaluation"), dict) and variant["evaluation"].get("metric"):
-        tags["edgeport.evaluation.metric"] = str(variant["evaluation"]["metric"])
-    if variant.get("sha256"):
-        tags["edgeport.sha256"] = str(variant["sha256"])
-    for entry in variant.get("benchmarks") or []:
-        if entry.get("status") != "ok":
-            tags[metric_key(f"edgeport.benchmark.{entry.get('target')}.b{entry.get('batch_size')}")] = str(entry.get("status"))
-    return tags
 
 
 def _log_reports(variant: dict) -> None:
@@ -406,7 +310,7 @@ def _log_reports(variant: dict) -> None:
     if variant.get("quantization"):
         params.update(flatten_params(jsonable(variant["quantization"]), "quantization."))
     mlflow.log_params(params)
-    mlflow.log_metrics(_variant_metrics(variant))
+    mlflow.log_metrics(variant_metrics(variant))
     for key in ("validation", "evaluation", "benchmarks", "quantization", "lineage"):
         if variant.get(key) is not None:
             value = jsonable(variant[key])
@@ -418,7 +322,7 @@ def _link_variant(spec: PipelineSpec, variant: dict, experiment_id: str, version
     """The nested run of a passing variant identical to the existing ``version``: its measurements
     and reports, linked to that version (tags ``edgeport.reused_version``, ``edgeport.model_version``);
     the model is not logged again (the version's own run holds it)."""
-    tags = {**_run_tags(variant, registration_id), REUSED_VERSION_TAG: version, "edgeport.model_version": version}
+    tags = {**variant_run_tags(variant, registration_id), REUSED_VERSION_TAG: version, "edgeport.model_version": version}
     with mlflow.start_run(experiment_id=experiment_id, run_name=variant["name"], nested=True, tags=tags):
         _log_reports(variant)
     logger.info("%s: identical to %s version %s, reused (no new version)", variant["name"], spec.registry.registered_model, version)
@@ -441,7 +345,7 @@ def _log_variant(
     name, passed = variant["name"], bool(variant["passed"])
     first_target, primary = spec.targets[0].name, spec.benchmark.primary
     logged_target = logged_target or spec.targets[0]
-    tags = _run_tags(variant, registration_id)
+    tags = variant_run_tags(variant, registration_id)
 
     with mlflow.start_run(experiment_id=experiment_id, run_name=name, nested=True, tags=tags) as run:
         _log_reports(variant)
@@ -490,7 +394,7 @@ def _log_variant(
         return str(mv.version)
 
 
-def _tag_winners(client: MlflowClient, spec: PipelineSpec, challengers: dict[str, dict]) -> None:
+def tag_winners(client: MlflowClient, spec: PipelineSpec, challengers: dict[str, dict]) -> None:
     """Write :func:`edgeport.registry.won_tags` on every version that won a target."""
     targets = {t.name: t for t in spec.targets}
     by_version: dict[str, dict[str, tuple[int, float]]] = {}
@@ -500,92 +404,6 @@ def _tag_winners(client: MlflowClient, spec: PipelineSpec, challengers: dict[str
         providers = {t: json.dumps(mlflow_providers(targets[t])) for t in wins}
         for key, value in won_tags(wins, providers).items():
             client.set_model_version_tag(spec.registry.registered_model, version, key, value)
-
-
-def _undo_earlier_attempts(client: MlflowClient, name: str, experiment_id: str, registration_id: str, alias: str) -> None:
-    """Delete the model versions and runs an earlier attempt of ``registration_id`` left behind
-    (its rollback could not reach the server), and give ``alias`` back to the version it named
-    before that attempt when the deletion removed it (MLflow drops an alias with its version).
-
-    A version tagged :data:`~edgeport.registry.identity.IDENTITY_TAG` belongs to an attempt that
-    completed (only its local bookkeeping was lost), and other runs may have reused it since: it
-    is kept, with the runs it names (``edgeport.mlflow_run_id``, ``edgeport.parent_run_id``)."""
-    quoted = registration_id.replace("'", "")
-    found = client.search_model_versions(f"name = '{name}' and tags.`{REGISTRATION_TAG}` = '{quoted}'")
-    completed = [mv for mv in found if (mv.tags or {}).get(IDENTITY_TAG)]
-    leftovers = [mv for mv in found if not (mv.tags or {}).get(IDENTITY_TAG)]
-    keep_runs = {(mv.tags or {}).get(key) for mv in completed for key in ("edgeport.mlflow_run_id", "edgeport.parent_run_id")}
-    runs = [
-        run for run in client.search_runs(
-            [experiment_id], filter_string=f"tags.`{REGISTRATION_TAG}` = '{quoted}'", run_view_type=ViewType.ACTIVE_ONLY
-        )
-        if run.info.run_id not in keep_runs
-    ]
-    if not leftovers and not runs:
-        return
-    aliased = alias_version(client, name, alias)
-    for mv in leftovers:
-        client.delete_model_version(name, mv.version)
-    restore = None
-    if aliased is not None and aliased in {str(mv.version) for mv in leftovers}:
-        restore = next((r.data.tags.get("edgeport.alias_before") for r in runs if r.data.tags.get("edgeport.alias_before")), None)
-    deleted = {str(mv.version) for mv in leftovers}
-    target_restore: dict[str, str] = {}  # per-target aliases the earlier attempt had moved onto a deleted version
-    for run in runs:
-        try:
-            before = json.loads(run.data.tags.get(TARGET_ALIASES_BEFORE_TAG) or "{}")
-        except ValueError:
-            before = {}
-        for target_alias_name, version in before.items():
-            if version is not None and target_alias_name not in target_restore:
-                target_restore[target_alias_name] = str(version)
-    target_restore = {a: v for a, v in target_restore.items() if alias_version(client, name, a) in (None, *deleted)}
-    for run in runs:
-        client.delete_run(run.info.run_id)
-    if restore is not None and version_exists(client, name, restore):
-        client.set_registered_model_alias(name, alias, restore)
-    for target_alias_name, version in target_restore.items():
-        if version not in deleted and version_exists(client, name, version):
-            client.set_registered_model_alias(name, target_alias_name, version)
-    logger.warning(
-        "registration %s: removed what an interrupted attempt left behind: %d model version(s) of %r, %d run(s)",
-        registration_id, len(leftovers), name, len(runs),
-    )
-
-
-def _rollback(
-    client: MlflowClient,
-    name: str,
-    created: list[str],
-    model_existed: bool | None,
-    alias: str,
-    alias_before: str | None,
-    alias_set: bool,
-    target_aliases_before: dict[str, str | None] | None = None,
-) -> None:
-    """Best effort: delete the versions this call created, restore the aliases (``alias`` and the
-    per-target ones in ``target_aliases_before``: alias -> version before, None = none), drop a
-    model it created."""
-    for version in reversed(created):
-        try:
-            client.delete_model_version(name, version)
-        except Exception:  # noqa: BLE001
-            logger.warning("rollback: could not delete %s version %s", name, version, exc_info=True)
-    if alias_set and alias_before is not None and alias_before not in created:
-        with contextlib.suppress(Exception):
-            client.set_registered_model_alias(name, alias, alias_before)
-    for target_alias_name, before in (target_aliases_before or {}).items():
-        with contextlib.suppress(Exception):
-            if before is not None and before not in created:
-                client.set_registered_model_alias(name, target_alias_name, before)
-            elif before is None and alias_version(client, name, target_alias_name) is not None:
-                client.delete_registered_model_alias(name, target_alias_name)
-    if model_existed is False and created:
-        try:
-            if not client.search_model_versions(f"name = '{name}'"):
-                client.delete_registered_model(name)
-        except Exception:  # noqa: BLE001
-            logger.warning("rollback: could not delete registered model %s", name, exc_info=True)
 
 
 # --------------------------------------------------------------------------- Prefect

@@ -37,11 +37,13 @@ from edgeport.registry.errors import (
     mlflow_error,
 )
 from edgeport.registry.params import (
+    BENCHMARK_METRICS,
     finite,
     flatten_params,
     git_commit,
     jsonable,
     metric_key,
+    variant_metrics,
 )
 from edgeport.registry.pending import (
     PENDING_FILE,
@@ -67,9 +69,11 @@ from edgeport.registry.tags import (
     REGISTRATION_TAG,
     TARGET_ALIASES_BEFORE_TAG,
     WON_TARGETS_TAG,
+    parent_run_tags,
     ranked_on,
     ranked_tags,
     target_alias,
+    variant_run_tags,
     won_tags,
 )
 from edgeport.registry.uri import (
@@ -84,6 +88,7 @@ from edgeport.registry.uri import (
 )
 
 __all__ = [
+    "BENCHMARK_METRICS",
     "DEFAULT_RETRY",
     "INTERACTIVE_RETRY",
     "LOGGED_PROVIDERS_TAG",
@@ -112,6 +117,7 @@ __all__ = [
     "metric_key",
     "mlflow_error",
     "mlflow_http_settings",
+    "parent_run_tags",
     "prefect_retry_options",
     "ranked_on",
     "ranked_tags",
@@ -129,6 +135,8 @@ __all__ = [
     "sqlite_db_path",
     "target_alias",
     "using_store",
+    "variant_metrics",
+    "variant_run_tags",
     "version_exists",
     "with_retry_window",
     "won_tags",

@@ -38,7 +38,10 @@ from edgeport.data import dataset_digest
 from edgeport.files import file_sha256
 from edgeport.spec import PipelineSpec
 
-__all__ = ["IDENTITY_TAG", "REUSED_VERSION_TAG", "find_identical_version", "variant_identity"]
+__all__ = [
+    "IDENTITY_TAG", "REUSED_VERSION_TAG", "checkpoint_sha256_of", "find_identical_version", "identical_versions",
+    "variant_identity",
+]
 
 #: Model-version tag: the :func:`variant_identity` of a version whose registration completed.
 IDENTITY_TAG = "edgeport.identity"
@@ -90,3 +93,19 @@ def find_identical_version(client: MlflowClient, name: str, identity: str) -> st
     found = client.search_model_versions(f"name = '{name}' and tags.`{IDENTITY_TAG}` = '{quoted}'")
     versions = sorted((int(mv.version) for mv in found), reverse=True)
     return str(versions[0]) if versions else None
+
+
+def identical_versions(client: MlflowClient, name: str, identity: dict[str, str]) -> dict[str, str]:
+    """Variant name -> the existing version it is identical to (looked up before anything is
+    written, so two identical registrations racing both see the store as it was)."""
+    found = {variant: find_identical_version(client, name, digest) for variant, digest in identity.items()}
+    return {variant: version for variant, version in found.items() if version is not None}
+
+
+def checkpoint_sha256_of(variants: list[dict]) -> str | None:
+    """The checkpoint's sha256 from the FP32 variant's lineage (``parent: checkpoint:<sha256>``)."""
+    for variant in variants:
+        parent = str((variant.get("lineage") or {}).get("parent") or "")
+        if parent.startswith("checkpoint:"):
+            return parent.removeprefix("checkpoint:")
+    return None

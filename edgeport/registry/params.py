@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PARAM_VALUE_MAX", "finite", "flatten_params", "git_commit", "jsonable", "metric_key", "param_value"]
+__all__ = [
+    "BENCHMARK_METRICS", "PARAM_VALUE_MAX", "finite", "flatten_params", "git_commit", "jsonable", "metric_key", "param_value", "variant_metrics",
+]
 
 #: MLflow's limit on a param value (characters); longer values are cut with ``...``.
 PARAM_VALUE_MAX = 6000
@@ -89,3 +91,37 @@ def git_commit(cwd: Path | None = None) -> str | None:
         return None
     commit = out.stdout.strip()
     return commit if re.fullmatch(r"[0-9a-f]{40,64}", commit) else None
+
+
+#: Benchmark fields logged as metrics, one key per target and batch size: ``p50_ms.cpu.b1``
+#: (``ci_halfwidth_pct``: 95% CI half-width of the median in % of p50, used by the promotion gate).
+BENCHMARK_METRICS = (
+    "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput", "peak_rss_mb", "session_create_ms", "ci_halfwidth_pct",
+)
+
+
+def variant_metrics(variant: dict) -> dict[str, float]:
+    """A variant record's numbers as MLflow metrics: size (bytes), validation errors, accuracy and its
+    drop, and :data:`BENCHMARK_METRICS` of every ``ok`` benchmark entry as ``<field>.<target>.b<batch>``
+    (p50/p90/p99 and mean in ms, throughput in samples/s, peak RSS in MB); non-finite values are left out."""
+    metrics: dict[str, float] = {}
+
+    def put(key: str, value: Any) -> None:
+        number = finite(value)
+        if number is not None:
+            metrics[metric_key(key)] = number
+
+    put("size_bytes", variant.get("size_bytes"))
+    validation = variant.get("validation") or {}
+    put("validation.max_abs_err", validation.get("max_abs_err"))
+    put("validation.max_rel_err", validation.get("max_rel_err"))
+    evaluation = variant.get("evaluation") or {}
+    put("accuracy", evaluation.get("value"))
+    put("accuracy_drop", evaluation.get("drop"))
+    for entry in variant.get("benchmarks") or []:
+        if entry.get("status") != "ok":
+            continue
+        suffix = f"{entry.get('target')}.b{entry.get('batch_size')}"
+        for field in BENCHMARK_METRICS:
+            put(f"{field}.{suffix}", entry.get(field))
+    return metrics

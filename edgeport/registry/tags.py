@@ -1,12 +1,18 @@
-"""The MLflow tags edgeport writes and reads back across steps (register -> promote). Pure."""
+"""The MLflow tags edgeport writes and reads back across steps (register -> promote), and the
+tags of a pipeline run's parent run and of a variant's nested run."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from importlib.metadata import version
+from pathlib import Path
 
 # the alias naming lives with the aliases (edgeport.promotion: pure, no MLflow)
+from edgeport.files import file_sha256
 from edgeport.promotion import target_alias
+from edgeport.registry.params import git_commit, metric_key
+from edgeport.spec import PipelineSpec, spec_digest
 
 __all__ = [
     "LOGGED_PROVIDERS_TAG",
@@ -16,9 +22,11 @@ __all__ = [
     "REGISTRATION_TAG",
     "TARGET_ALIASES_BEFORE_TAG",
     "WON_TARGETS_TAG",
+    "parent_run_tags",
     "ranked_on",
     "ranked_tags",
     "target_alias",
+    "variant_run_tags",
     "won_tags",
 ]
 
@@ -89,4 +97,53 @@ def won_tags(wins: Mapping[str, tuple[int, float]], providers: Mapping[str, str]
         tags[f"edgeport.won.{target}.p50_ms"] = str(p50_ms)
         if providers and target in providers:
             tags[f"edgeport.won.{target}.providers"] = providers[target]
+    return tags
+
+
+def parent_run_tags(spec: PipelineSpec, spec_path: Path, flow_run: dict | None) -> dict[str, str]:
+    """Tags of a pipeline run's parent MLflow run: the spec (path, name, digest, sha256), onnx and
+    onnxruntime versions, the git commit, the Prefect flow run (id, name, url)."""
+    tags = {
+        "edgeport.spec": str(spec_path),
+        "edgeport.spec_name": spec.name,
+        "edgeport.spec_digest": spec_digest(spec),
+        "edgeport.versions.onnx": version("onnx"),
+        "edgeport.versions.onnxruntime": version("onnxruntime"),
+    }
+    if spec_path.is_file():
+        tags["edgeport.spec_sha256"] = file_sha256(spec_path)
+    commit = git_commit()
+    if commit:
+        tags["edgeport.git_commit"] = commit
+        tags["mlflow.source.git.commit"] = commit
+    for key in ("id", "name", "url"):
+        if flow_run and flow_run.get(key):
+            tags[f"edgeport.prefect.flow_run_{key}"] = str(flow_run[key])
+    return tags
+
+
+def variant_run_tags(variant: dict, registration_id: str | None) -> dict[str, str]:
+    """The tags of a variant's nested run (verdicts, lineage, sha256, non-ok benchmarks)."""
+    name, passed = variant["name"], bool(variant["passed"])
+    lineage = variant.get("lineage") or {}
+    tags = {
+        "edgeport.variant": name,
+        "edgeport.kind": str(variant["kind"]),
+        "edgeport.passed": str(passed).lower(),
+    }
+    if registration_id:
+        tags[REGISTRATION_TAG] = registration_id
+    for key in ("parent", "step"):
+        if lineage.get(key) is not None:
+            tags[f"edgeport.lineage.{key}"] = str(lineage[key])
+    for gate in ("validation", "evaluation"):  # the gates' verdicts, read by the promotion gate
+        if isinstance(variant.get(gate), dict) and "passed" in variant[gate]:
+            tags[f"edgeport.{gate}.passed"] = str(bool(variant[gate]["passed"])).lower()
+    if isinstance(variant.get("evaluation"), dict) and variant["evaluation"].get("metric"):
+        tags["edgeport.evaluation.metric"] = str(variant["evaluation"]["metric"])
+    if variant.get("sha256"):
+        tags["edgeport.sha256"] = str(variant["sha256"])
+    for entry in variant.get("benchmarks") or []:
+        if entry.get("status") != "ok":
+            tags[metric_key(f"edgeport.benchmark.{entry.get('target')}.b{entry.get('batch_size')}")] = str(entry.get("status"))
     return tags
