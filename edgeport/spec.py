@@ -222,7 +222,8 @@ class ModelSpec(_Strict):
             )
         source = given[0]
         for name in sorted(self.model_fields_set):
-            if name not in MODEL_SOURCES[source]:
+            default = type(self).model_fields[name].get_default(call_default_factory=True)
+            if name not in MODEL_SOURCES[source] and getattr(self, name) != default:  # a model_dump() round trip sets defaults
                 owner = next(s for s, fields in MODEL_SOURCES.items() if name in fields)
                 raise PydanticCustomError(
                     "model_source",

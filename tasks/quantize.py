@@ -29,14 +29,24 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnxruntime.quantization import (
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quant_pre_process,
+    quantize_dynamic,
+    quantize_static,
+)
 from prefect import task
 
+from edgeport.calibration import write_calibration_cache
 from edgeport.data import calibration_source, describe_dataset
 from edgeport.datasources import ArraySource, DataSource
 from edgeport.errors import QuantizationError
 from edgeport.files import file_sha256
 from edgeport.spec import VARIANT_FIELD_SCOPE, PipelineSpec, QuantizationVariantSpec
 from tasks import cache as _cache
+from tasks.quantize_int4 import quantize_int4
 
 logger = logging.getLogger("edgeport.quantize")
 
@@ -148,8 +158,6 @@ def preprocess(fp32_path: str | Path, out_path: str | Path) -> str:
     Raises:
         QuantizationError: pre-processing failed.
     """
-    from onnxruntime.quantization import quant_pre_process
-
     out_path = Path(out_path)
     if out_path.is_file():
         return str(out_path)
@@ -294,8 +302,6 @@ def ort_extra_options(variant: QuantizationVariantSpec) -> dict[str, Any]:
     ``ActivationSymmetric``, ``SmoothQuant`` / ``SmoothQuantAlpha`` and ``TensorQuantOverrides``
     (``quant_type`` names converted to ``QuantType``). Empty when none is set. (The calibration
     histogram settings go to :func:`edgeport.calibration.write_calibration_cache`.)"""
-    from onnxruntime.quantization import QuantType
-
     opts: dict[str, Any] = {}
     if variant.activation_symmetric:
         opts["ActivationSymmetric"] = True
@@ -356,8 +362,6 @@ def quantize_variant(
         settings.update(r.settings)
         ops = r.op_counts
     elif variant.mode == "weight_only_int4":
-        from tasks.quantize_int4 import quantize_int4
-
         r = quantize_int4(
             fp32_path,
             out,
@@ -404,16 +408,6 @@ def _quantize_int8(
     calibration_cache: str | Path | None = None,
 ) -> None:
     """quantize_static (on a fresh chunked-calibration cache) or quantize_dynamic, into ``out``."""
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
-
-    from edgeport.calibration import write_calibration_cache
-
     # One pre-processed model per parent variant, shared by its INT8 children.
     pre = preprocess(fp32_path, output_dir / f"{parent}-preprocessed.onnx")
     common = dict(

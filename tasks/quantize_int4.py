@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import onnx
 from prefect import task
 
 from edgeport.errors import QuantizationError
@@ -104,7 +105,6 @@ def quantize_int4(
             result holds no ``MatMulNBits`` node (the model has no constant-weight MatMul,
             or all were excluded).
     """
-    import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     if block_size < 16 or block_size & (block_size - 1):

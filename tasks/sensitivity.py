@@ -40,10 +40,14 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
 from edgeport.data import evaluation_source, iter_batches
-from edgeport.errors import EdgeportError, SpecError
+from edgeport.errors import EdgeportError, QuantizationError, SpecError
+from edgeport.fidelity import rowwise_cosine
 from edgeport.spec import PipelineSpec, QuantizationVariantSpec, SensitivitySpec
+from tasks.quantize import preprocess, quantize_variant
+from tasks.validate import ort_session
 
 logger = logging.getLogger("edgeport.sensitivity")
 
@@ -78,8 +82,6 @@ def candidate_nodes(model_path: str | Path, quant_format: str, op_types: list[st
         ``[{"node": name, "op_type": op}]`` in graph order (unnamed nodes are skipped: they
         cannot be excluded by name).
     """
-    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
-
     registry = set(QDQRegistry) | set(QLinearOpsRegistry)  # quantize_static's default op types, both formats
     allowed = (registry if op_types is None else registry & set(op_types)) - DATA_MOVEMENT_OPS
     model = onnx.load(str(model_path), load_external_data=False)
@@ -165,8 +167,6 @@ class SubsetEvaluator:
 
     def outputs(self, model_path: str | Path) -> np.ndarray:
         """First output of ``model_path`` on the subset: float64 ndarray (n_samples, ...)."""
-        from tasks.validate import ort_session
-
         session = ort_session(model_path)
         first = self.spec.outputs[0]
         return np.concatenate([session.run([first], b)[0] for b in iter_batches(self.arrays, 64)]).astype(np.float64)
@@ -178,8 +178,6 @@ class SubsetEvaluator:
         if self.metric == "top1":
             metric = float(np.mean(np.argmax(y, axis=-1) == self.target))
         else:
-            from edgeport.fidelity import rowwise_cosine
-
             metric = float(np.nanmean(rowwise_cosine(y.reshape(len(y), -1), np.asarray(self.target, dtype=np.float64).reshape(len(y), -1))))
         return {"nsr": nsr if np.isfinite(nsr) else float("inf"), "metric": metric}
 
@@ -220,8 +218,6 @@ def analyze_sensitivity(
         QuantizationError: the fully quantized base cannot be built.
         DataError, SpecError, RuntimeLoadError: bad evaluation data or an unloadable model.
     """
-    from tasks.quantize import preprocess, quantize_variant
-
     start = time.perf_counter()
     work_dir = Path(work_dir)
     pre = preprocess(fp32_path, work_dir / f"{parent}-preprocessed.onnx")
@@ -245,8 +241,6 @@ def analyze_sensitivity(
 
     full = probe([])
     if full["error"]:
-        from edgeport.errors import QuantizationError
-
         raise QuantizationError(f"sensitivity: the base configuration cannot be quantized: {full['error']}")
 
     def row(excluded: list[str], result: dict[str, Any]) -> dict[str, Any]:

@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 from prefect import task
 
+from edgeport.checkpoint import load_model
 from edgeport.checks import model_samples
 from edgeport.data import batch_arrays
 from edgeport.errors import CheckpointError, RuntimeLoadError, ValidationFailed
@@ -52,8 +54,6 @@ def ort_session(onnx_path: str | Path, intra_op_num_threads: int = 0):
         RuntimeLoadError: ONNX Runtime cannot load the model (opset, op type, corrupt file);
             the message names the file and the runtime's reason.
     """
-    import onnxruntime as ort
-
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = intra_op_num_threads
     opts.log_severity_level = 3
@@ -104,8 +104,6 @@ def compare_outputs(actual: np.ndarray, expected: np.ndarray, rtol: float, atol:
 
 def _torch_reference(spec: PipelineSpec) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
     import torch
-
-    from edgeport.checkpoint import load_model
 
     model = load_model(spec.model)
 
