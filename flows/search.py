@@ -3,13 +3,15 @@
 This module drives the search's Prefect tasks; the strategy, the trial task and the pure planning
 and selection code are in :mod:`tasks.search` (read its module docs first):
 
-1. calibrate once per (method, op-type set) and rank the nodes by sensitivity (cached tasks);
-2. phase 1 and phase 2 trials (:func:`tasks.search.plan_trials`), each a cached
-   :data:`tasks.search.trial_task`, until the space or a limit (``max_trials``, ``max_wall_time_s``)
-   is exhausted;
-3. benchmark the passing trials with the references in one interleaved sweep;
-4. the fastest passing trial that also validates against its FP32 parent wins
-   (:func:`tasks.search.winner_record`).
+1. calibrate once per (method, op-type set) and, when some ``exclude_top_k`` above 0 applies,
+   rank the nodes by sensitivity (cached tasks);
+2. phase 1 and phase 2 trials over every backend's configurations (:func:`tasks.search.plan_trials`),
+   each a cached :data:`tasks.search.trial_task`, until the space or a limit (``max_trials``,
+   ``max_wall_time_s``) is exhausted; a trial that raises is recorded as an ``error`` trial;
+3. benchmark the passing trials with the references on every objective target, one interleaved
+   sweep per target;
+4. on each target, the fastest passing trial there that also validates against its FP32 parent
+   wins (:func:`tasks.search.winner_record`; one record per distinct winning trial).
 """
 
 from __future__ import annotations

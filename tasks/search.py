@@ -1,42 +1,59 @@
-"""Accuracy-aware quantization search: the fastest static INT8 configuration within the quality budget.
+"""Accuracy-aware quantization search: on every target, the fastest INT8 configuration of any backend within the quality budget.
 
-The spec's ``search`` section (:class:`edgeport.spec.SearchSpec`) gives the space (calibration
-methods, per-channel, activation / weight types, QDQ / QOperator, reduce_range, op-type sets,
-``exclude_top_k``), the objective (p50 on one target at one batch size) and the limits
-(``max_trials``, ``max_wall_time_s``). The quality budget is the ``evaluation`` gate
-(``max_drop`` for top1, ``min_cosine`` for cosine).
+The spec's ``search`` section (:class:`edgeport.spec.SearchSpec`) gives the space (``backends``:
+onnxruntime / nncf; ``modes``: static / dynamic; ONNX Runtime's calibration methods, per-channel,
+activation / weight types, QDQ / QOperator, reduce_range, op-type sets; NNCF's presets, model
+types, fast bias correction, accuracy control; ``exclude_top_k``), the objective (p50 at one batch
+size on a list of targets, each with its own winner) and the limits (``max_trials``,
+``max_wall_time_s``). The quality budget is the ``evaluation`` gate (``max_drop`` for top1,
+``min_cosine`` for cosine).
 
 Strategy (:func:`plan_trials`; driven by the subflow :func:`flows.search.search_flow`):
 
-1. **Sensitivity** (:mod:`tasks.sensitivity`) of the *base* configuration (the first value of
-   every space list): a ranking of the nodes by how much quality their quantization costs.
-2. **Phase 1**: the base configuration with the ``k`` most sensitive nodes left in float, for
+0. **Configurations** (:func:`configurations`): per searched (backend, mode) pair, the product of
+   the lists that apply to it (:func:`edgeport.spec.search_field_applies`): a setting that does
+   not apply is absent, so no two configurations build the same model.
+1. **Sensitivity** (:mod:`tasks.sensitivity`) of the ONNX Runtime static *base* configuration
+   (:func:`base_configuration`: the first value of every list), only when some ``k`` above 0
+   applies (:func:`needs_sensitivity`): a ranking of the nodes by how much quality their
+   quantization costs.
+2. **Phase 1**: the first configuration with the ``k`` most sensitive nodes left in float, for
    ``k`` in ``exclude_top_k`` ascending, until one passes the gate (``k_min``): NNCF's
-   accuracy-aware "revert the worst quantizers until the metric is met".
-3. **Phase 2**: every other combination of the space (``itertools.product`` order), each starting
+   accuracy-aware "revert the worst quantizers until the metric is met". ONNX Runtime leaves them
+   out with ``nodes_to_exclude``, NNCF with its ignored scope (the names its parent has:
+   :func:`exclusions` with ``present``); NNCF accuracy control reverts quantizers itself and is
+   tried once (:func:`uses_exclusions`).
+3. **Phase 2**: every other configuration (``itertools.product`` order), each starting
    one step below ``k_min`` (at the first ``k`` when phase 1 found none) and raising ``k`` until
-   it passes. The ranking is the base's, filtered to the combination's op types.
-4. Every trial (quantize + evaluate on the full evaluation set) is a Prefect task cached on its
-   configuration hash with a persisted result: a re-run resumes (the trials show as Cached).
-   Calibration ranges are computed once per (calibration method, op-type set), as an ONNX
+   it passes. The ranking is the base's, filtered to the configuration's op types.
+4. Every trial (quantize + evaluate on the full evaluation set; :func:`trial_variant` builds its
+   :class:`~edgeport.spec.QuantizationVariantSpec`, :func:`tasks.quantize.quantize_variant` the
+   model) is a Prefect task cached on its configuration hash with a persisted result: a re-run
+   resumes (the trials show as Cached). A trial does not depend on the targets. ONNX Runtime
+   static calibration ranges are computed once per (calibration method, op-type set), as an ONNX
    Runtime calibration cache (:func:`edgeport.calibration.write_calibration_cache`) that every
-   trial's ``quantize_static`` reads, so trials differing in exclusions, per-channel, types or
-   format never recalibrate.
-5. Trials that pass the gate are benchmarked on the objective target together with the FP32
+   such trial's ``quantize_static`` reads, so trials differing in exclusions, per-channel, types or
+   format never recalibrate; NNCF trials read the calibration data themselves. A trial that
+   raises (e.g. NNCF refusing the model) is recorded with status ``error``; the search goes on.
+5. Trials that pass the gate are benchmarked on every objective target together with the FP32
    reference(s) (``fp32``, ``fp32-optimized``) and the hand-written variants that passed their
-   gates, interleaved in rounds by
+   gates, one sweep per target interleaved in rounds by
    :func:`tasks.benchmark.benchmark_target`, so "faster than FP32" is measured in the same
-   conditions. The **winner is the fastest passing trial** (lowest p50), not the first one
-   to pass; the pareto set (p50 vs quality) is reported.
+   conditions and "the fastest FP32" is the fastest on any target. On each target the **winner
+   is the fastest passing trial there** (lowest p50: :func:`select_winner`), not the first one
+   to pass; the pareto set (p50 vs quality) is reported per target.
 
-The winner (validated against its FP32 parent) joins the pipeline's variants as ``search.name``
-with its ``search`` provenance, so registration, the challenger alias and the report apply to
-it. With no passing trial nothing is returned, every trial's numbers are kept, and the flow
-registers nothing (``edgeport run`` exits 2).
+The winners (validated against their FP32 parent) join the pipeline's variants: the first
+target's as ``search.name``, another target's as ``<search.name>-<target>`` unless it is the
+same trial (:func:`winner_names`), each with its ``search`` provenance, so registration, the
+``challenger`` / ``challenger-<target>`` aliases and the report apply to them. With no passing
+trial nothing is returned, every trial's numbers are kept, and the flow registers nothing
+(``edgeport run`` exits 2).
 
 Files: ``<output>/search/``: ``search.json`` (the summary), ``trials.json``, ``sensitivity.json``
-/ ``.png``, ``pareto.png``; trial models and calibration caches are content-addressed under
-``$EDGEPORT_HOME/cache/search/<key>/`` so they survive a new output folder.
+/ ``.png`` (when computed), ``pareto.png`` (one panel per target); trial models and calibration
+caches are content-addressed under ``$EDGEPORT_HOME/cache/search/<key>/`` so they survive a new
+output folder.
 """
 
 from __future__ import annotations
