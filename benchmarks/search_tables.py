@@ -28,8 +28,8 @@ def tables(summary_path: str | Path) -> str:
     out = [
         (
             f"Search `{search['search_id']}`: {len(rows)} trials ({search['stopped']}), {search['calibrations']} calibration(s) "
-            f"computed ({search['calibrations_cached']} cached), sensitivity {search['sensitivity']['probes']} probes on "
-            f"{search['sensitivity']['num_samples']} samples, search {search['elapsed_s']:.0f} s; pipeline total "
+            f"computed ({search['calibrations_cached']} cached), sensitivity {(search['sensitivity'] or {}).get('probes', 0)} probes on "
+            f"{(search['sensitivity'] or {}).get('num_samples', 0)} samples, search {search['elapsed_s']:.0f} s; pipeline total "
             f"{summary['timings_s'].get('total', 0):.0f} s (search step {summary['timings_s'].get('search', 0):.0f} s)."
         ),
         "",
@@ -48,6 +48,7 @@ def tables(summary_path: str | Path) -> str:
         kind = ref.get("kind", "fp32")
         out.append(f"| {ref['name']} | {kind} | {ref['quality']:.5f} | {ref['p50_ms']:.4f} |" if ref["p50_ms"] else f"| {ref['name']} | {kind} | - | - |")
     w = search.get("winner")
+    pareto = search["pareto"].get(obj["target"], []) if isinstance(search["pareto"], dict) else search["pareto"]  # per target since issue 11
     out.append("")
     if w:
         speed = f"{w['speedup_vs_fastest_fp32']:.2f}x vs the fastest FP32" if w.get("speedup_vs_fastest_fp32") else "n/a vs FP32"
@@ -55,12 +56,13 @@ def tables(summary_path: str | Path) -> str:
             speed += f", {w['speedup_vs_fastest_handwritten']:.2f}x vs the fastest hand-written variant"
         out.append(
             f"Winner {w['trial_id']}: {metric} {w['quality']:.5f}, p50 {w['p50_ms']:.4f} ms, {speed} "
-            f"(same interleaved benchmark); nodes kept in float: {w['nodes_to_exclude'] or 'none'}; pareto set: {', '.join(search['pareto'])}."
+            f"(same interleaved benchmark); nodes kept in float: {w['nodes_to_exclude'] or 'none'}; pareto set: {', '.join(pareto)}."
         )
     else:
         out.append("No configuration meets the budget: nothing registered.")
     out.append("")
-    out.append("Sensitivity top nodes: " + ", ".join(f"`{n}`" for n in search["sensitivity"]["top"][:8]))
+    if search["sensitivity"]:  # None when no exclude_top_k above 0 applied
+        out.append("Sensitivity top nodes: " + ", ".join(f"`{n}`" for n in search["sensitivity"]["top"][:8]))
     variants = [v for v in summary["variants"]]
     out += ["", "Pipeline benchmark (all variants, interleaved):", "", "| variant | " + metric + " | target | batch | p50 ms |", "|---|---|---|---|---|"]
     for v in variants:

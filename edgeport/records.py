@@ -335,10 +335,10 @@ def gate_verdict(variant: VariantRecord, spec: PipelineSpec, search: Mapping[str
 
     A variant passes when its validation passed, its evaluation (if any) passed and it has an ``ok``
     :func:`primary_benchmark`. When the run had a quantization search that found no configuration
-    within the quality budget (``search["winner"]`` None), no variant passes: the run registers
+    within the quality budget (``search["winner"]`` None and no per-target ``winners``), no variant passes: the run registers
     nothing (``not_registered``: :data:`NO_SEARCH_WINNER`).
     """
-    if search is not None and search.get("winner") is None:
+    if search is not None and search.get("winner") is None and not search.get("winners"):
         return False, NO_SEARCH_WINNER
     passed = bool(
         variant.validation is not None

@@ -144,10 +144,16 @@ def summary_table(summary: RunSummary) -> Table:
 
 
 def search_line(search: dict[str, Any]) -> str:
-    """One line (rich markup) on the quantization search: trials, why it stopped, the winner."""
-    won = search.get("winner")
-    return f"search {search['search_id']}: {len(search['trials'])} trials ({search['stopped']}); " + (
-        f"winner {won['trial_id']} as {search['name']} ({search['metric']} {won['quality']:.4f}, p50 {won['p50_ms']:.3f} ms)"
-        if won
-        else "[yellow]no configuration meets the quality budget[/]"
+    """One line (rich markup) on the quantization search: trials, why it stopped, the winner on every
+    objective target (``winners``; a summary of an earlier version: its one ``winner``)."""
+    head = f"search {search['search_id']}: {len(search['trials'])} trials ({search['stopped']}); "
+    winners = search.get("winners")
+    if winners is None and search.get("winner"):
+        winners = {search["objective"]["target"]: {**search["winner"], "variant": search["name"]}}
+    if not winners:
+        return head + "[yellow]no configuration meets the quality budget[/]"
+    return head + "; ".join(
+        f"winner on {target}: {w['trial_id']} as {w.get('variant', search['name'])} "
+        f"({search['metric']} {w['quality']:.4f}, p50 {w['p50_ms']:.3f} ms)"
+        for target, w in winners.items()
     )

@@ -52,6 +52,8 @@ from edgeport.sources import describe_source
 __all__ = [
     "DATA_KINDS",
     "IMAGE_EXTENSIONS",
+    "SEARCH_MODES",
+    "SEARCH_SPACE_FIELDS",
     "VARIANT_FIELD_SCOPE",
     "AccuracyControlSpec",
     "CalibrationSpec",
@@ -77,6 +79,7 @@ __all__ = [
     "BenchmarkSpec",
     "ValidationSpec",
     "load_spec",
+    "search_field_applies",
     "spec_digest",
 ]
 
@@ -1137,16 +1140,89 @@ class RetrySpec(_Strict):
 
 
 class SearchObjectiveSpec(_Strict):
-    """What the search minimises: p50 latency (ms) on one target at one batch size."""
+    """What the search minimises: p50 latency (ms) at one batch size, on every objective target; each
+    target gets its own winner (the fastest passing trial there)."""
 
-    target: str | None = Field(default=None, description="Target the trials are benchmarked on; default: the first of `targets`.")
+    targets: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Targets the passing trials are benchmarked on, each with its own winner (the first target's is "
+        "`search.name`); default: every target of the spec.",
+    )
+    target: str | None = Field(default=None, description="Shorthand for `targets: [<target>]`.")
     batch_size: int | None = Field(default=None, ge=1, description="Batch size of the p50; default: benchmark.primary_batch_size.")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> SearchObjectiveSpec:
+        if self.target is not None and self.targets is not None:
+            raise ValueError(f"target: give `targets` or its shorthand `target`, not both (targets {self.targets}, target {self.target!r})")
+        if self.targets is not None and len(set(self.targets)) != len(self.targets):
+            raise ValueError(f"targets: names must be unique, got {self.targets}")
+        return self
+
+    def target_names(self, spec_targets: list[str]) -> list[str]:
+        """The objective targets in order: ``targets``, else ``[target]``, else ``spec_targets`` (all of the spec's)."""
+        if self.targets is not None:
+            return list(self.targets)
+        if self.target is not None:
+            return [self.target]
+        return list(spec_targets)
+
+
+#: Search-space list -> the :class:`QuantizationVariantSpec` field each of its values sets in a trial
+#: (``backends`` / ``modes`` / ``exclude_top_k`` are handled apart). A trial's configuration holds a
+#: field only where it applies to the trial's (backend, mode): :func:`search_field_applies`.
+SEARCH_SPACE_FIELDS: tuple[tuple[str, str], ...] = (
+    ("calibration_methods", "calibration_method"),
+    ("per_channel", "per_channel"),
+    ("activation_types", "activation_type"),
+    ("weight_types", "weight_type"),
+    ("formats", "format"),
+    ("reduce_range", "reduce_range"),
+    ("op_types_to_quantize", "op_types_to_quantize"),
+    ("nncf_presets", "preset"),
+    ("nncf_model_types", "model_type"),
+    ("nncf_fast_bias_correction", "fast_bias_correction"),
+    ("nncf_accuracy_control", "accuracy_control"),
+)
+
+#: The (backend, mode) pairs the search builds: ONNX Runtime static / dynamic INT8, NNCF static INT8.
+SEARCH_MODES: tuple[tuple[str, str], ...] = (("onnxruntime", "static"), ("onnxruntime", "dynamic"), ("nncf", "static"))
+
+#: Settings ``quantize_dynamic`` has no use for (it quantizes activations to uint8 at run time and
+#: writes integer ops, no QDQ): absent from an ONNX Runtime dynamic configuration.
+_DYNAMIC_UNUSED = ("calibration_method", "activation_type", "format")
+
+
+def search_field_applies(field: str, backend: str, mode: str) -> bool:
+    """Whether the variant setting ``field`` belongs in a search configuration of (``backend``, ``mode``):
+    its :data:`VARIANT_FIELD_SCOPE` holds the pair, less what ONNX Runtime's dynamic INT8 ignores
+    (``calibration_method``, ``activation_type``, ``format``)."""
+    if backend == "onnxruntime" and mode == "dynamic" and field in _DYNAMIC_UNUSED:
+        return False
+    return (backend, mode) in VARIANT_FIELD_SCOPE.get(field, ())
 
 
 class SearchSpaceSpec(_Strict):
-    """The static INT8 settings the search combines (each a list of candidate values; the first
-    value of every list is the base configuration the sensitivity analysis quantizes)."""
+    """The quantization settings the search combines, each a list of candidate values.
 
+    ``backends`` x ``modes`` give the (backend, mode) pairs searched (:data:`SEARCH_MODES`: ONNX
+    Runtime static and dynamic INT8, NNCF static INT8); each pair combines only the lists that
+    apply to it (:func:`search_field_applies`): ONNX Runtime's lists (``calibration_methods`` ...
+    ``op_types_to_quantize``; dynamic: without calibration method, activation type and format) or
+    NNCF's (``nncf_*``). ``exclude_top_k`` applies to all but NNCF accuracy control (which reverts
+    quantizers itself). The first value of every ONNX Runtime list is the static base configuration
+    whose sensitivity ranking the exclusions follow.
+    """
+
+    backends: list[Literal["onnxruntime", "nncf"]] = Field(
+        default_factory=lambda: ["onnxruntime"], min_length=1,
+        description="Quantizers searched: onnxruntime (onnxruntime.quantization), nncf (nncf.quantize).",
+    )
+    modes: list[Literal["static", "dynamic"]] = Field(
+        default_factory=lambda: ["static"], min_length=1,
+        description="INT8 modes searched: static (calibrated activations, both backends), dynamic (onnxruntime only).",
+    )
     calibration_methods: list[Literal["MinMax", "Entropy", "Percentile"]] = Field(
         default_factory=lambda: ["MinMax"], min_length=1, description="Calibration methods; ranges are computed once per method (and op types)."
     )
@@ -1158,10 +1234,27 @@ class SearchSpaceSpec(_Strict):
     op_types_to_quantize: list[list[str] | None] = Field(
         default_factory=lambda: [None], min_length=1, description="Op-type sets, e.g. [null, [MatMul]] (null = all the quantizer supports)."
     )
+    nncf_presets: list[Literal["performance", "mixed"] | None] = Field(
+        default_factory=lambda: [None], min_length=1,
+        description="nncf: `preset` values (null = NNCF's default: mixed for model_type transformer, else performance).",
+    )
+    nncf_model_types: list[Literal["transformer"] | None] = Field(
+        default_factory=lambda: [None], min_length=1, description="nncf: `model_type` values (null = none, NNCF's default)."
+    )
+    nncf_fast_bias_correction: list[bool] = Field(
+        default_factory=lambda: [True], min_length=1,
+        description="nncf: `fast_bias_correction` values (true: NNCF's default; false: the full BiasCorrection).",
+    )
+    nncf_accuracy_control: list[bool] = Field(
+        default_factory=lambda: [False], min_length=1,
+        description="nncf: true = nncf.quantize_with_accuracy_control with the evaluation gate as its budget "
+        "(it reverts quantizers itself: exclude_top_k does not apply).",
+    )
     exclude_top_k: list[int] = Field(
         default_factory=lambda: [0, 1, 2, 4, 8],
         min_length=1,
-        description="How many of the most sensitive nodes (sensitivity ranking) stay in float.",
+        description="How many of the most sensitive nodes (sensitivity ranking) stay in float "
+        "(onnxruntime: nodes_to_exclude; nncf: its ignored scope).",
     )
 
     @field_validator("exclude_top_k")
@@ -1184,7 +1277,23 @@ class SearchSpaceSpec(_Strict):
             values = [json.dumps(v) for v in getattr(self, name)]
             if len(set(values)) != len(values):
                 raise ValueError(f"{name}: values must be unique, got {getattr(self, name)}")
+        pairs = self.searched_modes()
+        if not pairs:
+            raise ValueError(
+                f"modes: no (backend, mode) pair to search: backends {self.backends} x modes {self.modes} "
+                f"(the search builds {', '.join(f'{b} {m}' for b, m in SEARCH_MODES)})"
+            )
+        for space_field, variant_field in SEARCH_SPACE_FIELDS:  # a list set for no searched pair is a mistake
+            if space_field in self.model_fields_set and not any(search_field_applies(variant_field, b, m) for b, m in pairs):
+                where = ", ".join(f"{b} {m}" for b, m in SEARCH_MODES if search_field_applies(variant_field, b, m))
+                raise ValueError(
+                    f"{space_field}: applies to {where}, which backends {self.backends} x modes {self.modes} do not search"
+                )
         return self
+
+    def searched_modes(self) -> list[tuple[str, str]]:
+        """The (backend, mode) pairs searched, in ``backends`` then ``modes`` order (NNCF: static only)."""
+        return [(b, m) for b in self.backends for m in self.modes if (b, m) in SEARCH_MODES]
 
 
 class SensitivitySpec(_Strict):
@@ -1205,10 +1314,11 @@ class SensitivitySpec(_Strict):
 
 
 class SearchSpec(_Strict):
-    """Accuracy-aware search over static INT8 configurations (:mod:`tasks.search`).
+    """Accuracy-aware search over INT8 configurations of one or more backends (:mod:`tasks.search`).
 
     The quality budget is the ``evaluation`` gate (``max_drop`` for top1, ``min_cosine`` for
-    cosine); the winner is the fastest trial (``objective``) within it, added as variant ``name``.
+    cosine); on every objective target the fastest trial within it wins: the first target's winner
+    is added as variant ``name``, another target's (when a different trial) as ``<name>-<target>``.
     """
 
     name: str = Field(default="int8-search", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Variant name of the winner.")
@@ -1347,6 +1457,12 @@ class PipelineSpec(_Strict):
             raise ValueError("search.parent is fp32-optimized, but the spec has no `optimization` section")
         if search.objective.target is not None and search.objective.target not in targets:
             raise ValueError(f"search.objective.target {search.objective.target!r} is not one of the targets {targets}")
+        unknown = [t for t in search.objective.targets or [] if t not in targets]
+        if unknown:
+            raise ValueError(f"search.objective.targets: {unknown} are not among the targets {targets}")
+        taken = [f"{search.name}-{t}" for t in search.objective.target_names(targets)[1:] if f"{search.name}-{t}" in variants]
+        if taken:
+            raise ValueError(f"search.name {search.name!r}: the per-target winner names {taken} are already variant names ({variants})")
 
     @property
     def dynamic_dims(self) -> list[str]:

@@ -68,23 +68,26 @@ def benchmark_progress(spec: PipelineSpec) -> Any:
 
 
 def publish_search(spec: PipelineSpec, summary: dict[str, Any], ranking: list[dict[str, Any]]) -> None:
-    """The sensitivity ranking (top 50 nodes) and the search's trials as tables."""
+    """The sensitivity ranking (top 50 nodes; when computed) and the search's trials (p50 on every
+    objective target) as tables."""
     key = artifact_key(spec)
 
     def r(x: Any) -> Any:
         return None if x is None else round(float(x), 6)
 
-    create_table_artifact(
-        table=[
-            {"rank": row["rank"], "node": row["node"], "op_type": row["op_type"], "impact_nsr": r(row["impact"]),
-             f"{summary['metric']}_impact": r(row["metric_impact"]), "measured_alone": row["measured"], "group": row["group"]}
-            for row in ranking[:50]
-        ],
-        key=f"{key}-sensitivity",
-        description=f"Sensitivity of the base INT8 configuration ({summary['sensitivity']['probes']} probes): impact = noise-to-signal ratio removed by keeping the node in float",
-    )
+    if summary.get("sensitivity") is not None:  # computed only when some exclude_top_k above 0 applies
+        create_table_artifact(
+            table=[
+                {"rank": row["rank"], "node": row["node"], "op_type": row["op_type"], "impact_nsr": r(row["impact"]),
+                 f"{summary['metric']}_impact": r(row["metric_impact"]), "measured_alone": row["measured"], "group": row["group"]}
+                for row in ranking[:50]
+            ],
+            key=f"{key}-sensitivity",
+            description=f"Sensitivity of the base INT8 configuration ({summary['sensitivity']['probes']} probes): impact = noise-to-signal ratio removed by keeping the node in float",
+        )
     create_table_artifact(
         table=trial_rows(summary),
         key=f"{key}-search-trials",
-        description=f"Quantization search {summary['search_id']}: winner {(summary['winner'] or {}).get('trial_id', 'none')}",
+        description=f"Quantization search {summary['search_id']}: winners "
+        + (", ".join(f"{t} {w['trial_id']}" for t, w in (summary.get("winners") or {}).items()) or "none"),
     )

@@ -132,11 +132,11 @@ def pipeline(
         with run.timed("evaluate"):
             _evaluate(spec, variants, out, run)
 
-    search = None  # accuracy-aware quantization search: a child flow run; its winner joins the variants
+    search = None  # accuracy-aware quantization search: a child flow run; its winners (one per target) join the variants
     if spec.search is not None:
         with run.timed("search"):
-            winner, search = search_flow(spec, [v.model_dump() for v in variants], str(out))
-        variants += [winner] if winner is not None else []
+            winners, search = search_flow(spec, [v.model_dump() for v in variants], str(out))
+        variants += winners
 
     with run.timed("benchmark"):
         _benchmark(spec, spec_path, variants, out, run, rebenchmark)

@@ -3,19 +3,23 @@
 This module drives the search's Prefect tasks; the strategy, the trial task and the pure planning
 and selection code are in :mod:`tasks.search` (read its module docs first):
 
-1. calibrate once per (method, op-type set) and rank the nodes by sensitivity (cached tasks);
-2. phase 1 and phase 2 trials (:func:`tasks.search.plan_trials`), each a cached
-   :data:`tasks.search.trial_task`, until the space or a limit (``max_trials``, ``max_wall_time_s``)
-   is exhausted;
-3. benchmark the passing trials with the references in one interleaved sweep;
-4. the fastest passing trial that also validates against its FP32 parent wins
-   (:func:`tasks.search.winner_record`).
+1. calibrate once per (method, op-type set) and, when some ``exclude_top_k`` above 0 applies,
+   rank the nodes by sensitivity (cached tasks);
+2. phase 1 and phase 2 trials over every backend's configurations (:func:`tasks.search.plan_trials`),
+   each a cached :data:`tasks.search.trial_task`, until the space or a limit (``max_trials``,
+   ``max_wall_time_s``) is exhausted; a trial that raises is recorded as an ``error`` trial;
+3. benchmark the passing trials with the references on every objective target, one interleaved
+   sweep per target;
+4. on each target, the fastest passing trial there that also validates against its FP32 parent
+   wins (:func:`tasks.search.winner_record`; one record per distinct winning trial).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +36,12 @@ from flows.hooks import cancel_when_interrupted
 from tasks.benchmark import benchmark_target_task
 from tasks.quantize import preprocess
 from tasks.search import (
+    base_configuration,
     calibrate_task,
     configurations,
     exclusions,
+    needs_sensitivity,
+    node_names,
     plan_trials,
     plot_pareto,
     quality_of,
@@ -43,9 +50,11 @@ from tasks.search import (
     select_winner,
     sensitivity_task,
     settings_hash,
+    trial_p50,
     trial_rows,
     trial_task,
     trial_variant,
+    winner_names,
     winner_record,
 )
 from tasks.sensitivity import write_report
@@ -79,8 +88,12 @@ class _Calibrations:
         return self.paths[ckey]
 
 
-def _run_trials(spec: PipelineSpec, ranking: list[dict[str, Any]], run_trial: Any, t0: float) -> tuple[list[dict[str, Any]], str]:
-    """Phase 1 then phase 2 (see :mod:`tasks.search`); returns (trial records, why the loop stopped)."""
+def _run_trials(
+    spec: PipelineSpec, ranking: list[dict[str, Any]], parent_nodes: Callable[[], set[str]], run_trial: Any, t0: float
+) -> tuple[list[dict[str, Any]], str]:
+    """Phase 1 then phase 2 (see :mod:`tasks.search`); returns (trial records, why the loop stopped).
+
+    ``parent_nodes()``: the parent's node names, the names an NNCF trial may leave in float."""
     search = spec.search
     trials: list[dict[str, Any]] = []
     stopped = "space exhausted"
@@ -94,17 +107,21 @@ def _run_trials(spec: PipelineSpec, ranking: list[dict[str, Any]], run_trial: An
 
     def attempt(config: dict[str, Any], k: int, phase: int) -> bool | None:
         """Run one trial; True/False = passed the gate or not; None = a limit stopped it."""
+        present = parent_nodes() if config["backend"] == "nncf" and k > 0 else None
+        nodes = exclusions(ranking, config, k, present)
+        # The same configuration with the same nodes in float (k beyond the ranking, or names NNCF's
+        # parent lacks) builds the same model: its earlier trial answers.
+        same = next((t for t in trials if t["config"] == config and t["nodes_to_exclude"] == nodes), None)
+        if same is not None:
+            return same["passed_quality"]
         if limit_reached() is not None:
             return None
-        nodes = exclusions(ranking, config, k)
         settings = {**config, "exclude_top_k": k}
         shash = settings_hash({**settings, "nodes_to_exclude": nodes})
         trial = {"trial_id": f"trial-{shash}", "settings": settings, "nodes_to_exclude": nodes}
-        done = next((t for t in trials if t["trial_id"] == trial["trial_id"]), None)
-        if done is not None:  # k beyond the ranking: same exclusions
-            return done["passed_quality"]
         record = {**trial, "settings_hash": shash, "phase": phase, "index": len(trials), "p50_ms": None, "benchmark": None}
         record.update(run_trial(trial, config))
+        record["config"] = config
         trials.append(record)
         get_run_logger().info(
             "search trial %s (phase %d, k=%d, %s): %s %s", record["trial_id"], phase, k, config, record["status"], quality_of(record)
@@ -130,15 +147,18 @@ def _run_trials(spec: PipelineSpec, ranking: list[dict[str, Any]], run_trial: An
             passed = attempt(config, k, 2)
             if passed is None or passed:
                 break
+    for t in trials:
+        del t["config"]
     return trials, limit_reached() or stopped
 
 
 @flow(
     name="edgeport-search", flow_run_name="search-{spec.name}",
-    description="Accuracy-aware quantization search: the fastest static INT8 configuration within the quality budget.",
+    description="Accuracy-aware quantization search across backends and targets: the fastest INT8 configuration "
+    "within the quality budget on every objective target.",
     on_crashed=[cancel_when_interrupted],
 )
-def search_flow(spec: PipelineSpec, variants: list[dict[str, Any]], output_dir: str) -> tuple[VariantRecord | None, dict[str, Any]]:
+def search_flow(spec: PipelineSpec, variants: list[dict[str, Any]], output_dir: str) -> tuple[list[VariantRecord], dict[str, Any]]:
     """Run the search of ``spec.search`` (see :mod:`tasks.search`) as a child flow run of the pipeline.
 
     Args:
@@ -148,16 +168,21 @@ def search_flow(spec: PipelineSpec, variants: list[dict[str, Any]], output_dir: 
         output_dir: the pipeline's output folder; the search writes into ``<output_dir>/search``.
 
     Returns:
-        ``(record, summary)``: the winner's :class:`edgeport.records.VariantRecord` (name
-        ``search.name``, kind ``static_int8``, with ``search`` provenance), or None when no trial
-        passed; the summary (``search.json``, docs/spec.md): ``search_id``, ``objective``,
-        ``metric``, ``quality_threshold``, ``sensitivity``, ``calibrations`` (computed in this run)
-        and ``calibrations_cached``, ``trials``, ``references``, ``pareto``, ``winner``,
-        ``stopped``, ``elapsed_s``, ``files``.
+        ``(records, summary)``: one :class:`edgeport.records.VariantRecord` per distinct winning
+        trial, in objective-target order (kind ``static_int8`` / ``dynamic_int8``, with ``search``
+        provenance): the first target's winner is named ``search.name``, another target's
+        ``<search.name>-<target>`` unless it is a trial already named; empty when no trial
+        passed. The summary (``search.json``, docs/spec.md): ``search_id``, ``objective``
+        (``targets``; ``target`` = the first), ``metric``, ``quality_threshold``, ``sensitivity``
+        (None when no ``exclude_top_k`` above 0 applies), ``calibrations`` (computed in this run)
+        and ``calibrations_cached``, ``trials`` (``p50_ms_by_target``; ``p50_ms`` on the first
+        target), ``references``, ``fastest_fp32``, ``pareto`` and ``winners`` per target,
+        ``winner`` (the first target's), ``stopped``, ``elapsed_s``, ``files``.
 
     Raises:
         SpecError: no search section, or no FP32 evaluation.
-        QuantizationError, DataError: the base configuration cannot be calibrated or quantized.
+        QuantizationError, DataError: the base configuration cannot be calibrated or quantized
+            (when the sensitivity analysis runs).
     """
     logger = get_run_logger()
     search = spec.search
@@ -178,25 +203,31 @@ def search_flow(spec: PipelineSpec, variants: list[dict[str, Any]], output_dir: 
     work.mkdir(parents=True, exist_ok=True)
     eval_key = {"evaluation": ev.model_dump(mode="json"), "sha256": dataset_digest(ev.dataset), "reference": reference["value"]}
     search_id = spec_digest({**data_key, "evaluation": eval_key, "search": search.model_dump(mode="json")})[:12]
-    target = next(t for t in spec.targets if t.name == (search.objective.target or spec.targets[0].name))
+    target_names = search.objective.target_names([t.name for t in spec.targets])
+    targets = [next(t for t in spec.targets if t.name == name) for name in target_names]
     batch = search.objective.batch_size or spec.benchmark.primary
     calibrations = _Calibrations(spec, preprocess(parent["path"], work / f"{parent_name}-preprocessed.onnx"), work, data_key)
 
-    # Sensitivity of the base configuration (the first value of every space list).
-    base_config = configurations(spec)[0]
-    base = trial_variant(base_config, "sensitivity-base", [])
-    skey = spec_digest({"work": str(work), "base": base.model_dump(mode="json"), "sens": search.sensitivity.model_dump(mode="json"), "eval": eval_key})[:16]
-    sens = sensitivity_task(
-        spec=spec, base=base, fp32_path=parent["path"], parent=parent_name, work_dir=str(work),
-        calibration_cache=calibrations.for_config(base_config), key=f"edgeport-search-sensitivity-{skey}",
-    )
-    sens_files = write_report(sens, out)
-    ranking = sens["ranking"]
+    # Sensitivity of the ONNX Runtime static base configuration, when some trial may exclude nodes.
+    ranking: list[dict[str, Any]] = []
+    sens: dict[str, Any] | None = None
+    sens_files: dict[str, Any] = {"json": None, "plot": None}
+    if needs_sensitivity(spec):
+        base_config = base_configuration(spec)
+        base = trial_variant(base_config, "sensitivity-base", [])
+        skey = spec_digest({"work": str(work), "base": base.model_dump(mode="json"), "sens": search.sensitivity.model_dump(mode="json"), "eval": eval_key})[:16]
+        sens = sensitivity_task(
+            spec=spec, base=base, fp32_path=parent["path"], parent=parent_name, work_dir=str(work),
+            calibration_cache=calibrations.for_config(base_config), key=f"edgeport-search-sensitivity-{skey}",
+        )
+        sens_files = write_report(sens, out)
+        ranking = sens["ranking"]
 
     def run_trial(trial: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
         """Quantize + evaluate one trial (cached task); a broken configuration is a result, not the end of the search."""
         try:
-            calibration_cache = calibrations.for_config(config)
+            ort_static = config["backend"] == "onnxruntime" and config["mode"] == "static"
+            calibration_cache = calibrations.for_config(config) if ort_static else None  # NNCF reads the data itself
             tkey = spec_digest({"work": str(work), "trial": trial, "eval": eval_key})[:24]
             result, cached = run_cached(
                 trial_task, spec=spec, trial=trial, fp32_path=parent["path"], parent=parent_name, work_dir=str(work),
@@ -210,57 +241,81 @@ def search_flow(spec: PipelineSpec, variants: list[dict[str, Any]], output_dir: 
         passed = bool(result["evaluation"]["passed"])
         return {**result, "cached": cached, "passed_quality": passed, "status": "passed" if passed else "failed_quality", "error": None}
 
-    trials, stopped = _run_trials(spec, ranking, run_trial, t0)
+    parent_nodes = functools.cache(lambda: node_names(parent["path"]))
+    trials, stopped = _run_trials(spec, ranking, parent_nodes, run_trial, t0)
 
-    # Every passing trial benchmarked on the objective target with the FP32 reference(s) and the
-    # hand-written variants that passed their gates (the search must be no slower), interleaved.
+    # Every passing trial benchmarked on every objective target with the FP32 reference(s) and the
+    # hand-written variants that passed their gates (the search must be no slower): per target one
+    # interleaved sweep, so "the fastest FP32" is the fastest on any target.
     references = [
         v for v in variants
         if (v.get("validation") or {}).get("passed") and (v["kind"] == "fp32" or (v.get("evaluation") or {}).get("passed"))
     ]
     passing = [t for t in trials if t["passed_quality"]]
-    bench_results: dict[str, list[dict[str, Any]]] = {}
+    bench: dict[str, dict[str, list[dict[str, Any]]]] = {t.name: {} for t in targets}
     if passing:
         bspec = spec.model_copy(update={"benchmark": spec.benchmark.model_copy(update={"batch_sizes": [batch], "primary_batch_size": None})})
         models = {r["name"]: r["path"] for r in references} | {t["trial_id"]: t["path"] for t in passing}
-        bench_results = benchmark_target_task(bspec, target, models, benchmark_samples_path(spec), str(out / "benchmarks"))
+        for target in targets:
+            bench[target.name] = benchmark_target_task(bspec, target, models, benchmark_samples_path(spec), str(out / "benchmarks" / target.name))
 
-    def objective_p50(name: str) -> float | None:
-        entry = primary_benchmark({"benchmarks": bench_results.get(name) or []}, spec, target=target.name, batch_size=batch)
+    def p50_on(name: str, target: str) -> float | None:
+        entry = primary_benchmark({"benchmarks": bench[target].get(name) or []}, spec, target=target, batch_size=batch)
         return None if entry is None else entry["p50_ms"]
 
-    for t in passing:
-        t["benchmark"] = (bench_results.get(t["trial_id"]) or [None])[0]
-        t["p50_ms"] = objective_p50(t["trial_id"])
-    refs = [
-        {
-            "name": r["name"], "kind": r["kind"], "p50_ms": objective_p50(r["name"]),
+    first = targets[0].name
+    for t in trials:
+        t["p50_ms_by_target"] = {target.name: p50_on(t["trial_id"], target.name) if t["passed_quality"] else None for target in targets}
+        t["p50_ms"] = t["p50_ms_by_target"][first]
+        t["benchmark"] = (bench[first].get(t["trial_id"]) or [None])[0] if t["passed_quality"] else None
+    refs = []
+    for r in references:
+        by_target = {target.name: p50_on(r["name"], target.name) for target in targets}
+        refs.append({
+            "name": r["name"], "kind": r["kind"], "p50_ms": by_target[first], "p50_ms_by_target": by_target,
             "quality": (r.get("evaluation") or (reference if r["name"] == "fp32" else None) or {}).get("value"),
+        })
+
+    # Per target: the fastest passing trial whose model also passes validation against its FP32 parent
+    # (validated once per trial, whichever target asks first).
+    def validated(cand: dict[str, Any]) -> bool:
+        if "validation" not in cand:
+            cand["validation"] = validate_task(spec, cand["path"], reference_onnx=parent["path"], report_path=str(out / f"validation-{cand['trial_id']}.json"))
+        return bool(cand["validation"]["passed"])
+
+    won: dict[str, dict[str, Any]] = {}
+    pareto: dict[str, list[str]] = {}
+    for target in targets:
+        _, pareto[target.name] = select_winner(trials, target.name)
+        for cand in sorted([t for t in passing if trial_p50(t, target.name) is not None], key=lambda t: trial_p50(t, target.name)):
+            if validated(cand):
+                won[target.name] = cand
+                break
+            logger.warning("search: trial %s is fastest on %s but failed validation; trying the next", cand["trial_id"], target.name)
+
+    fp32_points = [(p50, r["name"], tg) for r in refs if r["kind"] == "fp32" for tg, p50 in r["p50_ms_by_target"].items() if p50 is not None]
+    fastest_fp32 = min(fp32_points, default=None)
+    handwritten = [p50 for r in refs if r["kind"] != "fp32" for p50 in r["p50_ms_by_target"].values() if p50 is not None]
+    names = winner_names(search.name, target_names, {tg: w["trial_id"] for tg, w in won.items()})
+    winners = {
+        tg: {
+            "trial_id": w["trial_id"], "variant": names[w["trial_id"]], "settings_hash": w["settings_hash"], "p50_ms": trial_p50(w, tg),
+            "quality": quality_of(w),
+            "speedup_vs_fastest_fp32": (fastest_fp32[0] / trial_p50(w, tg)) if fastest_fp32 else None,
+            "speedup_vs_fastest_handwritten": (min(handwritten) / trial_p50(w, tg)) if handwritten else None,
+            "settings": w["settings"], "nodes_to_exclude": w["nodes_to_exclude"],
         }
-        for r in references
-    ]
-
-    # The fastest passing trial whose model also passes validation against its FP32 parent.
-    _, pareto = select_winner(trials)
-    winner = None
-    for cand in sorted([t for t in passing if t["p50_ms"] is not None], key=lambda t: t["p50_ms"]):
-        cand["validation"] = validate_task(spec, cand["path"], reference_onnx=parent["path"], report_path=str(out / f"validation-{cand['trial_id']}.json"))
-        if cand["validation"]["passed"]:
-            winner = cand
-            break
-        logger.warning("search: trial %s is fastest but failed validation; trying the next", cand["trial_id"])
-
-    fastest_fp32 = min((r["p50_ms"] for r in refs if r["p50_ms"] is not None and r["kind"] == "fp32"), default=None)
-    handwritten = [r["p50_ms"] for r in refs if r["p50_ms"] is not None and r["kind"] != "fp32"]
+        for tg, w in won.items()
+    }
     summary: dict[str, Any] = {
         "search_id": search_id,
         "name": search.name,
         "parent": parent_name,
-        "objective": {"target": target.name, "batch_size": batch, "statistic": "p50_ms"},
+        "objective": {"target": first, "targets": target_names, "batch_size": batch, "statistic": "p50_ms"},
         "metric": ev.metric,
         "quality_threshold": quality_threshold(spec, reference),
         "work_dir": str(work),
-        "sensitivity": {
+        "sensitivity": None if sens is None else {
             "probes": sens["probes"], "candidates": sens["candidates"], "num_samples": sens["num_samples"],
             "analysis_s": sens["analysis_s"], "top": [r["node"] for r in ranking[:10]], **sens_files,
         },
@@ -268,21 +323,17 @@ def search_flow(spec: PipelineSpec, variants: list[dict[str, Any]], output_dir: 
         "calibrations_cached": calibrations.cached,
         "trials": [{k: v for k, v in t.items() if k != "validation"} for t in trials],
         "references": refs,
+        "fastest_fp32": None if fastest_fp32 is None else {"p50_ms": fastest_fp32[0], "variant": fastest_fp32[1], "target": fastest_fp32[2]},
         "pareto": pareto,
-        "winner": None,
+        "winners": winners,
+        "winner": winners.get(first),
         "stopped": stopped,
         "elapsed_s": None,
     }
-    record = None
-    if winner is not None:
-        summary["winner"] = {
-            "trial_id": winner["trial_id"], "settings_hash": winner["settings_hash"], "p50_ms": winner["p50_ms"],
-            "quality": quality_of(winner), "speedup_vs_fastest_fp32": (fastest_fp32 / winner["p50_ms"]) if fastest_fp32 else None,
-            "speedup_vs_fastest_handwritten": (min(handwritten) / winner["p50_ms"]) if handwritten else None,
-            "settings": winner["settings"],
-            "nodes_to_exclude": winner["nodes_to_exclude"],
-        }
-        record = winner_record(search.name, winner, parent, search_id, len(trials), Path(output_dir))
+    records = []
+    for trial_id, name in names.items():
+        w = next(t for t in trials if t["trial_id"] == trial_id)
+        records.append(winner_record(name, w, parent, search_id, len(trials), Path(output_dir), [tg for tg, x in won.items() if x is w]))
     summary["elapsed_s"] = round(time.perf_counter() - t0, 3)
     plot = plot_pareto(summary, out / "pareto.png")
     (out / "trials.json").write_text(json.dumps(trial_rows(summary), indent=2))
@@ -293,8 +344,8 @@ def search_flow(spec: PipelineSpec, variants: list[dict[str, Any]], output_dir: 
     (out / "search.json").write_text(json.dumps(summary, indent=2, default=str))
     if in_prefect_run():
         publish_search(spec, summary, ranking)
-    if winner is None:
+    if not winners:
         logger.warning("search: no configuration meets the budget (%d trials, %s); nothing will be registered", len(trials), stopped)
-    else:
-        logger.info("search: winner %s, p50 %.4f ms, %s %.5f (%d trials)", winner["trial_id"], winner["p50_ms"], ev.metric, quality_of(winner), len(trials))
-    return record, summary
+    for tg, w in winners.items():
+        logger.info("search: winner on %s: %s (%s), p50 %.4f ms, %s %.5f (%d trials)", tg, w["trial_id"], w["variant"], w["p50_ms"], ev.metric, w["quality"], len(trials))
+    return records, summary

@@ -1,42 +1,59 @@
-"""Accuracy-aware quantization search: the fastest static INT8 configuration within the quality budget.
+"""Accuracy-aware quantization search: on every target, the fastest INT8 configuration of any backend within the quality budget.
 
-The spec's ``search`` section (:class:`edgeport.spec.SearchSpec`) gives the space (calibration
-methods, per-channel, activation / weight types, QDQ / QOperator, reduce_range, op-type sets,
-``exclude_top_k``), the objective (p50 on one target at one batch size) and the limits
-(``max_trials``, ``max_wall_time_s``). The quality budget is the ``evaluation`` gate
-(``max_drop`` for top1, ``min_cosine`` for cosine).
+The spec's ``search`` section (:class:`edgeport.spec.SearchSpec`) gives the space (``backends``:
+onnxruntime / nncf; ``modes``: static / dynamic; ONNX Runtime's calibration methods, per-channel,
+activation / weight types, QDQ / QOperator, reduce_range, op-type sets; NNCF's presets, model
+types, fast bias correction, accuracy control; ``exclude_top_k``), the objective (p50 at one batch
+size on a list of targets, each with its own winner) and the limits (``max_trials``,
+``max_wall_time_s``). The quality budget is the ``evaluation`` gate (``max_drop`` for top1,
+``min_cosine`` for cosine).
 
 Strategy (:func:`plan_trials`; driven by the subflow :func:`flows.search.search_flow`):
 
-1. **Sensitivity** (:mod:`tasks.sensitivity`) of the *base* configuration (the first value of
-   every space list): a ranking of the nodes by how much quality their quantization costs.
-2. **Phase 1**: the base configuration with the ``k`` most sensitive nodes left in float, for
+0. **Configurations** (:func:`configurations`): per searched (backend, mode) pair, the product of
+   the lists that apply to it (:func:`edgeport.spec.search_field_applies`): a setting that does
+   not apply is absent, so no two configurations build the same model.
+1. **Sensitivity** (:mod:`tasks.sensitivity`) of the ONNX Runtime static *base* configuration
+   (:func:`base_configuration`: the first value of every list), only when some ``k`` above 0
+   applies (:func:`needs_sensitivity`): a ranking of the nodes by how much quality their
+   quantization costs.
+2. **Phase 1**: the first configuration with the ``k`` most sensitive nodes left in float, for
    ``k`` in ``exclude_top_k`` ascending, until one passes the gate (``k_min``): NNCF's
-   accuracy-aware "revert the worst quantizers until the metric is met".
-3. **Phase 2**: every other combination of the space (``itertools.product`` order), each starting
+   accuracy-aware "revert the worst quantizers until the metric is met". ONNX Runtime leaves them
+   out with ``nodes_to_exclude``, NNCF with its ignored scope (the names its parent has:
+   :func:`exclusions` with ``present``); NNCF accuracy control reverts quantizers itself and is
+   tried once (:func:`uses_exclusions`).
+3. **Phase 2**: every other configuration (``itertools.product`` order), each starting
    one step below ``k_min`` (at the first ``k`` when phase 1 found none) and raising ``k`` until
-   it passes. The ranking is the base's, filtered to the combination's op types.
-4. Every trial (quantize + evaluate on the full evaluation set) is a Prefect task cached on its
-   configuration hash with a persisted result: a re-run resumes (the trials show as Cached).
-   Calibration ranges are computed once per (calibration method, op-type set), as an ONNX
+   it passes. The ranking is the base's, filtered to the configuration's op types.
+4. Every trial (quantize + evaluate on the full evaluation set; :func:`trial_variant` builds its
+   :class:`~edgeport.spec.QuantizationVariantSpec`, :func:`tasks.quantize.quantize_variant` the
+   model) is a Prefect task cached on its configuration hash with a persisted result: a re-run
+   resumes (the trials show as Cached). A trial does not depend on the targets. ONNX Runtime
+   static calibration ranges are computed once per (calibration method, op-type set), as an ONNX
    Runtime calibration cache (:func:`edgeport.calibration.write_calibration_cache`) that every
-   trial's ``quantize_static`` reads, so trials differing in exclusions, per-channel, types or
-   format never recalibrate.
-5. Trials that pass the gate are benchmarked on the objective target together with the FP32
+   such trial's ``quantize_static`` reads, so trials differing in exclusions, per-channel, types or
+   format never recalibrate; NNCF trials read the calibration data themselves. A trial that
+   raises (e.g. NNCF refusing the model) is recorded with status ``error``; the search goes on.
+5. Trials that pass the gate are benchmarked on every objective target together with the FP32
    reference(s) (``fp32``, ``fp32-optimized``) and the hand-written variants that passed their
-   gates, interleaved in rounds by
+   gates, one sweep per target interleaved in rounds by
    :func:`tasks.benchmark.benchmark_target`, so "faster than FP32" is measured in the same
-   conditions. The **winner is the fastest passing trial** (lowest p50), not the first one
-   to pass; the pareto set (p50 vs quality) is reported.
+   conditions and "the fastest FP32" is the fastest on any target. On each target the **winner
+   is the fastest passing trial there** (lowest p50: :func:`select_winner`), not the first one
+   to pass; the pareto set (p50 vs quality) is reported per target.
 
-The winner (validated against its FP32 parent) joins the pipeline's variants as ``search.name``
-with its ``search`` provenance, so registration, the challenger alias and the report apply to
-it. With no passing trial nothing is returned, every trial's numbers are kept, and the flow
-registers nothing (``edgeport run`` exits 2).
+The winners (validated against their FP32 parent) join the pipeline's variants: the first
+target's as ``search.name``, another target's as ``<search.name>-<target>`` unless it is the
+same trial (:func:`winner_names`), each with its ``search`` provenance, so registration, the
+``challenger`` / ``challenger-<target>`` aliases and the report apply to them. With no passing
+trial nothing is returned, every trial's numbers are kept, and the flow registers nothing
+(``edgeport run`` exits 2).
 
 Files: ``<output>/search/``: ``search.json`` (the summary), ``trials.json``, ``sensitivity.json``
-/ ``.png``, ``pareto.png``; trial models and calibration caches are content-addressed under
-``$EDGEPORT_HOME/cache/search/<key>/`` so they survive a new output folder.
+/ ``.png`` (when computed), ``pareto.png`` (one panel per target); trial models and calibration
+caches are content-addressed under ``$EDGEPORT_HOME/cache/search/<key>/`` so they survive a new
+output folder.
 """
 
 from __future__ import annotations
@@ -45,19 +62,19 @@ import itertools
 import logging
 import shutil
 import time
+from collections.abc import Collection
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import onnx
 from mlflow.entities import Metric, Param, RunTag
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from edgeport.calibration import write_calibration_cache
 from edgeport.data import calibration_source
-from edgeport.errors import (
-    EdgeportError,
-)
+from edgeport.errors import EdgeportError, QuantizationError
 from edgeport.home import edgeport_home
 from edgeport.records import Evaluation, SearchProvenance, Validation, VariantRecord
 from edgeport.registry import (
@@ -66,7 +83,15 @@ from edgeport.registry import (
     map_mlflow_errors,
     with_retry_window,
 )
-from edgeport.spec import PipelineSpec, QuantizationVariantSpec, spec_digest
+from edgeport.spec import (
+    SEARCH_SPACE_FIELDS,
+    AccuracyControlSpec,
+    NNCFIgnoredScopeSpec,
+    PipelineSpec,
+    QuantizationVariantSpec,
+    search_field_applies,
+    spec_digest,
+)
 from mlflow import MlflowClient
 from tasks.evaluate import evaluate_model
 from tasks.quantize import quantize_variant
@@ -77,11 +102,14 @@ logger = logging.getLogger("edgeport.search")
 
 __all__ = [
     "SPACE_KEYS",
+    "base_configuration",
     "calibrate_task",
     "configurations",
     "exclusions",
     "log_search",
     "log_search_task",
+    "needs_sensitivity",
+    "node_names",
     "plan_trials",
     "plot_pareto",
     "quality_of",
@@ -91,21 +119,17 @@ __all__ = [
     "sensitivity_task",
     "settings_hash",
     "trial_rows",
+    "trial_p50",
     "trial_task",
     "trial_variant",
+    "uses_exclusions",
+    "winner_names",
     "winner_record",
 ]
 
-#: Trial settings from the space: (space field, QuantizationVariantSpec field).
-SPACE_KEYS = (
-    ("calibration_methods", "calibration_method"),
-    ("per_channel", "per_channel"),
-    ("activation_types", "activation_type"),
-    ("weight_types", "weight_type"),
-    ("formats", "format"),
-    ("reduce_range", "reduce_range"),
-    ("op_types_to_quantize", "op_types_to_quantize"),
-)
+#: Trial settings from the space: (space field, QuantizationVariantSpec field)
+#: (:data:`edgeport.spec.SEARCH_SPACE_FIELDS`).
+SPACE_KEYS = SEARCH_SPACE_FIELDS
 
 
 def search_cache_dir() -> Path:
@@ -119,18 +143,60 @@ def settings_hash(settings: dict[str, Any]) -> str:
 
 
 def configurations(spec: PipelineSpec) -> list[dict[str, Any]]:
-    """Every combination of the space without ``exclude_top_k`` (base first, product order)."""
+    """Every meaningful combination of the space, without ``exclude_top_k``.
+
+    For each searched (backend, mode) pair (:meth:`edgeport.spec.SearchSpaceSpec.searched_modes`:
+    ``backends`` then ``modes`` order) the product (``itertools.product`` order) of the space lists
+    that apply to the pair (:func:`edgeport.spec.search_field_applies`); a setting that does not
+    apply is absent, so no two configurations build the same model. The first ONNX Runtime static
+    configuration (the first value of every list) is the base of the sensitivity analysis.
+
+    Returns:
+        ``[{"backend", "mode", <variant field>: value, ...}]``: e.g. ONNX Runtime static
+        ``calibration_method, per_channel, activation_type, weight_type, format, reduce_range,
+        op_types_to_quantize``; dynamic without ``calibration_method, activation_type, format``;
+        NNCF ``preset, model_type, fast_bias_correction, accuracy_control`` (a bool).
+    """
     space = spec.search.space
-    names = [field for _, field in SPACE_KEYS]
-    values = [getattr(space, key) for key, _ in SPACE_KEYS]
-    return [dict(zip(names, combo)) for combo in itertools.product(*values)]
+    configs: list[dict[str, Any]] = []
+    for backend, mode in space.searched_modes():
+        keys = [(sf, vf) for sf, vf in SPACE_KEYS if search_field_applies(vf, backend, mode)]
+        for combo in itertools.product(*(getattr(space, sf) for sf, _ in keys)):
+            config = {"backend": backend, "mode": mode, **dict(zip([vf for _, vf in keys], combo))}
+            if config not in configs:
+                configs.append(config)
+    return configs
+
+
+def base_configuration(spec: PipelineSpec) -> dict[str, Any]:
+    """The ONNX Runtime static configuration of the first value of every ONNX Runtime list: the
+    configuration the sensitivity analysis ranks the nodes of (whatever backends are searched)."""
+    space = spec.search.space
+    return {
+        "backend": "onnxruntime", "mode": "static",
+        **{vf: getattr(space, sf)[0] for sf, vf in SPACE_KEYS if search_field_applies(vf, "onnxruntime", "static")},
+    }
+
+
+def uses_exclusions(config: dict[str, Any]) -> bool:
+    """Whether ``exclude_top_k`` applies to ``config``: not to NNCF accuracy control (it reverts quantizers itself)."""
+    return not (config.get("backend") == "nncf" and config.get("accuracy_control"))
+
+
+def needs_sensitivity(spec: PipelineSpec) -> bool:
+    """True when some trial may leave nodes in float: an ``exclude_top_k`` above 0 and a
+    configuration it applies to. Only then is the sensitivity ranking computed."""
+    return max(spec.search.space.exclude_top_k) > 0 and any(uses_exclusions(c) for c in configurations(spec))
 
 
 def plan_trials(config: dict[str, Any], ks: list[int], k_min: int | None) -> list[int]:
     """The ``exclude_top_k`` values to try for one configuration, in order (the caller stops at the
     first that passes): phase 1 (``k_min`` None): every ``k`` ascending; phase 2: ascending from
     the ``k`` just below ``k_min`` (another configuration may need fewer nodes in float, e.g.
-    Percentile ranges clip the outliers), or from the smallest ``k`` when phase 1 found none."""
+    Percentile ranges clip the outliers), or from the smallest ``k`` when phase 1 found none.
+    A configuration without exclusions (NNCF accuracy control) is tried once, at ``k`` 0."""
+    if not uses_exclusions(config):
+        return [0]
     ordered = sorted(ks)
     if k_min is None or k_min not in ordered:
         return ordered
@@ -139,20 +205,52 @@ def plan_trials(config: dict[str, Any], ks: list[int], k_min: int | None) -> lis
 
 
 def trial_variant(config: dict[str, Any], name: str, nodes_to_exclude: list[str]) -> QuantizationVariantSpec:
-    """The static quantization variant of one configuration, with ``nodes_to_exclude`` left in float."""
-    return QuantizationVariantSpec(
-        name=name,
-        mode="static",
-        nodes_to_exclude=list(nodes_to_exclude),
-        **{k: (list(v) if isinstance(v, list) else v) for k, v in config.items()},
-    )
+    """The quantization variant of one configuration (:func:`configurations`), with
+    ``nodes_to_exclude`` left in float.
+
+    ONNX Runtime (static or dynamic): the settings as they are, ``nodes_to_exclude``. NNCF static:
+    ``preset``, ``model_type``, ``fast_bias_correction``; ``accuracy_control`` true becomes
+    :class:`~edgeport.spec.AccuracyControlSpec` at its defaults (the evaluation gate's budget);
+    ``nodes_to_exclude`` become the ignored scope's names (they must exist in the model NNCF
+    quantizes: :func:`exclusions` with ``present``). A configuration without ``backend`` / ``mode``
+    is ONNX Runtime static (search records of earlier versions).
+
+    Raises:
+        SpecError: a setting that does not apply to the backend and mode (pydantic's validation).
+    """
+    settings = {k: (list(v) if isinstance(v, list) else v) for k, v in {"backend": "onnxruntime", "mode": "static", **config}.items()}
+    if settings["backend"] == "nncf":
+        extra: dict[str, Any] = {}
+        if settings.pop("accuracy_control", False):
+            extra["accuracy_control"] = AccuracyControlSpec()
+        if nodes_to_exclude:
+            extra["ignored_scope"] = NNCFIgnoredScopeSpec(names=list(nodes_to_exclude))
+        return QuantizationVariantSpec(name=name, **settings, **extra)
+    return QuantizationVariantSpec(name=name, nodes_to_exclude=list(nodes_to_exclude), **settings)
 
 
-def exclusions(ranking: list[dict[str, Any]], config: dict[str, Any], k: int) -> list[str]:
-    """The ``k`` most sensitive nodes of ``ranking`` whose op type ``config`` quantizes."""
-    allowed = set(config["op_types_to_quantize"]) if config["op_types_to_quantize"] else None
-    nodes = [r["node"] for r in ranking if allowed is None or r["op_type"] in allowed]
+def exclusions(ranking: list[dict[str, Any]], config: dict[str, Any], k: int, present: Collection[str] | None = None) -> list[str]:
+    """The ``k`` most sensitive nodes of ``ranking`` whose op type ``config`` quantizes (all op
+    types when it names none), among ``present`` (the node names of the model the backend
+    quantizes; None: all). The ranking's names are those of ONNX Runtime's pre-processed parent;
+    NNCF quantizes the parent itself, where a node the pre-processing fused has no counterpart."""
+    ops = config.get("op_types_to_quantize")
+    allowed = set(ops) if ops else None
+    nodes = [r["node"] for r in ranking if (allowed is None or r["op_type"] in allowed) and (present is None or r["node"] in present)]
     return nodes[:k]
+
+
+def node_names(model_path: str | Path) -> set[str]:
+    """The names of the main graph's nodes of the ONNX model at ``model_path`` (weights not loaded).
+
+    Raises:
+        QuantizationError: the file cannot be read as an ONNX model.
+    """
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception as exc:
+        raise QuantizationError(f"cannot read the node names of {model_path}: {type(exc).__name__}: {exc}") from exc
+    return {n.name for n in model.graph.node}
 
 
 # --------------------------------------------------------------------------- Prefect tasks
@@ -195,15 +293,18 @@ def run_trial(
     fp32_path: str,
     parent: str,
     work_dir: str,
-    calibration_cache: str,
+    calibration_cache: str | None,
     reference: dict[str, Any],
     key: str,
 ) -> dict[str, Any]:
-    """Quantize one configuration (reading the shared calibration cache) and evaluate it on the full
-    evaluation set against the FP32 ``reference`` (the gate of ``evaluation``).
+    """Quantize one configuration and evaluate it on the full evaluation set against the FP32
+    ``reference`` (the gate of ``evaluation``). Target-independent: the benchmarks are per target.
 
     Args:
         trial: ``{"trial_id", "settings": config + exclude_top_k, "nodes_to_exclude"}``.
+        calibration_cache: ONNX Runtime static: the shared calibration cache of the configuration's
+            (method, op types); None for ONNX Runtime dynamic and NNCF (NNCF reads the calibration
+            data itself).
 
     Returns:
         ``{"path", "sha256", "size_bytes", "op_counts", "quantization" (exact settings),
@@ -269,72 +370,104 @@ def quality_of(trial: dict[str, Any]) -> float | None:
     return ev.get("value")
 
 
-def select_winner(trials: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, list[str]]:
-    """The fastest trial within the budget, and the pareto set.
+def trial_p50(trial: dict[str, Any], target: str | None = None) -> float | None:
+    """The trial's p50 (ms) on ``target`` (``p50_ms_by_target``), or its ``p50_ms`` (the first
+    objective target) when ``target`` is None; None when not benchmarked there."""
+    if target is None:
+        return trial.get("p50_ms")
+    return (trial.get("p50_ms_by_target") or {}).get(target)
+
+
+def select_winner(trials: list[dict[str, Any]], target: str | None = None) -> tuple[dict[str, Any] | None, list[str]]:
+    """The fastest trial within the budget on one target, and the pareto set there.
 
     Args:
-        trials: records with ``trial_id``, ``passed_quality`` (bool), ``p50_ms`` (float or None:
-            not benchmarked or benchmark not ok) and ``evaluation.value``.
+        trials: records with ``trial_id``, ``passed_quality`` (bool), ``evaluation.value`` and the
+            p50 (float or None: not benchmarked or benchmark not ok): ``p50_ms_by_target[target]``,
+            or ``p50_ms`` when ``target`` is None (:func:`trial_p50`).
+        target: an objective target's name; None: the trials' ``p50_ms``.
 
     Returns:
-        ``(winner, pareto)``: the passing trial with the lowest ``p50_ms`` (None when no trial
-        passed and was benchmarked); the ``trial_id`` of every benchmarked trial that no other
-        benchmarked trial dominates (p50 <= and quality >=, one strictly:
-        :func:`tasks.report.pareto_front`), fastest first.
+        ``(winner, pareto)``: the passing trial with the lowest p50 (None when no trial passed and
+        was benchmarked); the ``trial_id`` of every benchmarked trial that no other benchmarked
+        trial dominates (p50 <= and quality >=, one strictly: :func:`tasks.report.pareto_front`),
+        fastest first.
     """
-    timed = [t for t in trials if t.get("p50_ms") is not None and quality_of(t) is not None]
-    front = pareto_front([(t["p50_ms"], quality_of(t)) for t in timed])
+    timed = [t for t in trials if trial_p50(t, target) is not None and quality_of(t) is not None]
+    front = pareto_front([(trial_p50(t, target), quality_of(t)) for t in timed])
     passing = [t for t in timed if t.get("passed_quality")]
-    winner = min(passing, key=lambda t: t["p50_ms"]) if passing else None
+    winner = min(passing, key=lambda t: trial_p50(t, target)) if passing else None
     return winner, [timed[i]["trial_id"] for i in front]
 
 
 def plot_pareto(summary: dict[str, Any], path: str | Path) -> str | None:
-    """Latency vs quality of every trial (pareto front highlighted, FP32 reference(s) and hand-written
-    variants marked, the quality budget drawn, the winner starred) into ``path`` (PNG); None without data."""
-    import matplotlib
+    """Latency vs quality of every trial, one panel per objective target (pareto front highlighted,
+    FP32 reference(s) and hand-written variants marked, the quality budget drawn, that target's
+    winner starred), into ``path`` (PNG); None without data.
+
+    Reads ``objective.targets`` (else ``objective.target``), trials' ``p50_ms_by_target`` (else
+    ``p50_ms``), references' ``p50_ms_by_target`` (else ``p50_ms``), ``pareto`` /
+    ``winners`` per target (else ``pareto`` / ``winner``): a summary of an earlier version plots too.
+    """
+    import matplotlib  # lazy: matplotlib is heavy and only the plots need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    obj = summary["objective"]
+    targets = obj.get("targets") or [obj["target"]]
+    per_target = "p50_ms_by_target" in (summary["trials"][0] if summary["trials"] else {}) or len(targets) > 1
+
+    def p50(row: dict[str, Any], target: str) -> float | None:
+        return (row.get("p50_ms_by_target") or {}).get(target) if per_target else row.get("p50_ms")
+
     trials = summary["trials"]
-    timed = [t for t in trials if t.get("p50_ms") is not None and quality_of(t) is not None]
-    refs = [r for r in summary["references"] if r.get("p50_ms") is not None and r.get("quality") is not None]
-    if not timed and not refs:
+    if not any(p50(t, tg) is not None for t in trials for tg in targets) and not any(
+        p50(r, tg) is not None and r.get("quality") is not None for r in summary["references"] for tg in targets
+    ):
         return None
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, axes = plt.subplots(1, len(targets), figsize=(7.5 * len(targets), 4.8), squeeze=False)
+    for ax, target in zip(axes[0], targets):
+        _pareto_panel(ax, summary, target, lambda row, t=target: p50(row, t))
+        ax.set_xlabel(f"p50 latency (ms) on {target} at batch {obj['batch_size']}")
+    fig.suptitle(f"Quantization search: {len(trials)} trials", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def _pareto_panel(ax: Any, summary: dict[str, Any], target: str, p50: Any) -> None:
+    """One target's panel of :func:`plot_pareto`; ``p50(row)`` reads a trial's / reference's p50 there."""
+    trials = summary["trials"]
+    timed = [t for t in trials if p50(t) is not None and quality_of(t) is not None]
+    refs = [r for r in summary["references"] if p50(r) is not None and r.get("quality") is not None]
     if timed:
-        ax.scatter([t["p50_ms"] for t in timed], [quality_of(t) for t in timed], c="tab:blue", s=36, label="trials (benchmarked)")
-    front = [t for t in timed if t["trial_id"] in summary["pareto"]]
-    front.sort(key=lambda t: t["p50_ms"])
+        ax.scatter([p50(t) for t in timed], [quality_of(t) for t in timed], c="tab:blue", s=36, label="trials (benchmarked)")
+    pareto = summary["pareto"].get(target, []) if isinstance(summary["pareto"], dict) else summary["pareto"]
+    front = sorted([t for t in timed if t["trial_id"] in pareto], key=p50)
     if front:
-        ax.plot([t["p50_ms"] for t in front], [quality_of(t) for t in front], "k--", lw=1)
-        ax.scatter([t["p50_ms"] for t in front], [quality_of(t) for t in front], s=200, facecolors="none", edgecolors="k", label="pareto front")
-    xs = [t["p50_ms"] for t in timed] + [r["p50_ms"] for r in refs]
-    failed = [t for t in trials if t.get("p50_ms") is None and quality_of(t) is not None]
+        ax.plot([p50(t) for t in front], [quality_of(t) for t in front], "k--", lw=1)
+        ax.scatter([p50(t) for t in front], [quality_of(t) for t in front], s=200, facecolors="none", edgecolors="k", label="pareto front")
+    xs = [p50(t) for t in timed] + [p50(r) for r in refs]
+    failed = [t for t in trials if not t.get("passed_quality") and quality_of(t) is not None]
     if failed:
         x_fail = max(xs) * 1.15 if xs else 1.0
         ax.scatter([x_fail] * len(failed), [quality_of(t) for t in failed], marker="x", c="tab:red", label="failed the gate (not benchmarked)")
     for r in refs:  # FP32: green diamonds; hand-written variants: grey squares
         fp32 = r.get("kind", "fp32") == "fp32"
-        ax.scatter([r["p50_ms"]], [r["quality"]], marker="D" if fp32 else "s", c="tab:green" if fp32 else "tab:gray", s=60)
-        ax.annotate(r["name"], (r["p50_ms"], r["quality"]), textcoords="offset points", xytext=(4, -10), fontsize=8)
-    winner = summary.get("winner")
+        ax.scatter([p50(r)], [r["quality"]], marker="D" if fp32 else "s", c="tab:green" if fp32 else "tab:gray", s=60)
+        ax.annotate(r["name"], (p50(r), r["quality"]), textcoords="offset points", xytext=(4, -10), fontsize=8)
+    winner = (summary.get("winners") or {}).get(target) if "winners" in summary else summary.get("winner")
     if winner:
         w = next(t for t in trials if t["trial_id"] == winner["trial_id"])
-        ax.scatter([w["p50_ms"]], [quality_of(w)], marker="*", c="gold", edgecolors="k", s=260, label=f"winner {w['trial_id']}", zorder=5)
+        ax.scatter([p50(w)], [quality_of(w)], marker="*", c="gold", edgecolors="k", s=260, label=f"winner {w['trial_id']}", zorder=5)
     if summary.get("quality_threshold") is not None:
         ax.axhline(summary["quality_threshold"], color="tab:red", lw=0.8, ls=":", label="quality budget")
-    obj = summary["objective"]
-    ax.set_xlabel(f"p50 latency (ms) on {obj['target']} at batch {obj['batch_size']}")
     ax.set_ylabel(summary["metric"])
-    ax.set_title(f"Quantization search: {len(trials)} trials", fontsize=10)
+    ax.set_title(target, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
 
 
 # --------------------------------------------------------------------------- records
@@ -350,39 +483,90 @@ def quality_threshold(spec: PipelineSpec, reference: dict[str, Any]) -> float:
     return max(floor, ev.min_value) if ev.min_value is not None else floor
 
 
+def _nncf_label(settings: dict[str, Any]) -> str | None:
+    """NNCF settings of a trial in one cell, e.g. ``preset=mixed,model_type=transformer,bias_correction=full,accuracy_control``."""
+    if settings.get("backend") != "nncf":
+        return None
+    parts = [f"preset={settings.get('preset') or 'default'}"]
+    if settings.get("model_type"):
+        parts.append(f"model_type={settings['model_type']}")
+    if settings.get("fast_bias_correction") is False:
+        parts.append("bias_correction=full")
+    if settings.get("accuracy_control"):
+        parts.append("accuracy_control")
+    return ",".join(parts)
+
+
 def trial_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """One flat row per trial (settings, quality, p50) for tables and artifacts."""
+    """One flat row per trial (settings, quality, p50 on every objective target) for tables and
+    artifacts; a setting that does not apply to the trial's backend and mode is None."""
+    obj = summary["objective"]
+    targets = obj.get("targets") or [obj["target"]]
     rows = []
     for t in summary["trials"]:
         s = t["settings"]
-        rows.append({
+        ops = s.get("op_types_to_quantize")
+        act, weight = s.get("activation_type"), s.get("weight_type")
+        row = {
             "trial": t["trial_id"],
             "phase": t["phase"],
-            "calibration": s["calibration_method"],
-            "per_channel": s["per_channel"],
-            "act/weight": f"{s['activation_type']}/{s['weight_type']}",
-            "format": s["format"],
-            "reduce_range": s["reduce_range"],
-            "op_types": ",".join(s["op_types_to_quantize"]) if s["op_types_to_quantize"] else "all",
+            "backend": s.get("backend", "onnxruntime"),
+            "mode": s.get("mode", "static"),
+            "calibration": s.get("calibration_method"),
+            "per_channel": s.get("per_channel"),
+            "act/weight": None if act is None and weight is None else f"{act or '-'}/{weight or '-'}",
+            "format": s.get("format"),
+            "reduce_range": s.get("reduce_range"),
+            "op_types": None if "op_types_to_quantize" not in s else (",".join(ops) if ops else "all"),
+            "nncf": _nncf_label(s),
             "exclude_top_k": s["exclude_top_k"],
             summary["metric"]: None if quality_of(t) is None else round(quality_of(t), 5),
             "passed": t["passed_quality"],
             "p50_ms": None if t.get("p50_ms") is None else round(t["p50_ms"], 4),
-            "cached": t["cached"],
-            "status": t["status"],
-        })
+        }
+        if len(targets) > 1:
+            for target in targets:
+                value = (t.get("p50_ms_by_target") or {}).get(target)
+                row[f"p50_ms@{target}"] = None if value is None else round(value, 4)
+        row.update(cached=t["cached"], status=t["status"])
+        rows.append(row)
     return rows
 
 
-def winner_record(name: str, winner: dict[str, Any], parent: dict[str, Any], search_id: str, num_trials: int, output_dir: Path) -> VariantRecord:
-    """The search winner's variant record: its model copied to ``<output_dir>/variants/<name>.onnx``,
-    kind ``static_int8``, its quantization settings (with ``exclude_top_k`` and the ``search``
-    provenance), its evaluation and its validation against ``parent`` (the FP32 model it was built from).
+def winner_names(name: str, targets: list[str], winners: dict[str, str]) -> dict[str, str]:
+    """The variant name of every distinct winning trial: the first objective target's winner is
+    ``name``, another target's ``<name>-<target>``, unless it is a trial already named.
+
+    Args:
+        name: ``search.name``.
+        targets: the objective targets in order.
+        winners: target -> the trial id that won there (a target without a winner is absent).
+
+    Returns:
+        trial id -> variant name, in the order the trials were first named.
+    """
+    names: dict[str, str] = {}
+    for i, target in enumerate(targets):
+        trial_id = winners.get(target)
+        if trial_id is not None and trial_id not in names:
+            names[trial_id] = name if i == 0 else f"{name}-{target}"
+    return names
+
+
+def winner_record(
+    name: str, winner: dict[str, Any], parent: dict[str, Any], search_id: str, num_trials: int, output_dir: Path,
+    targets: list[str] | None = None,
+) -> VariantRecord:
+    """A search winner's variant record: its model copied to ``<output_dir>/variants/<name>.onnx``,
+    kind of its mode (``static_int8`` / ``dynamic_int8``), its quantization settings (with
+    ``exclude_top_k``, the ``search`` provenance and the objective ``search_targets`` it won), its
+    evaluation and its validation against ``parent`` (the FP32 model it was built from).
 
     Args:
         winner: the winning trial record (``path``, ``sha256``, ``quantization``, ``settings``,
             ``evaluation``, ``validation``, ``op_counts``, ``trial_id``, ``settings_hash``).
         parent: the parent's variant record (dict).
+        targets: the objective targets this trial won (None: not recorded).
 
     Raises:
         OSError: the trial model cannot be copied.
@@ -394,16 +578,19 @@ def winner_record(name: str, winner: dict[str, Any], parent: dict[str, Any], sea
     provenance = SearchProvenance(
         search_id=search_id, trial_id=winner["trial_id"], settings_hash=winner["settings_hash"], num_trials=num_trials
     )
+    quantization = {**winner["quantization"], "name": name, "exclude_top_k": winner["settings"]["exclude_top_k"], "search": provenance.model_dump()}
+    if targets is not None:
+        quantization["search_targets"] = list(targets)
     return VariantRecord(
         name=name,
-        kind="static_int8",
+        kind=f"{winner['settings'].get('mode', 'static')}_int8",
         path=str(path.resolve()),
         size_bytes=path.stat().st_size,
         sha256=winner["sha256"],
         opset=parent.get("opset"),
         validation=Validation.model_validate(winner["validation"]),
         evaluation=Evaluation.model_validate(winner["evaluation"]),
-        quantization={**winner["quantization"], "name": name, "exclude_top_k": winner["settings"]["exclude_top_k"], "search": provenance.model_dump()},
+        quantization=quantization,
         op_counts=winner["op_counts"],
         lineage={"parent": parent["name"], "parent_sha256": parent["sha256"], "step": "search"},
         search=provenance,
@@ -448,10 +635,14 @@ def log_search(tracking_uri: str, run_id: str, summary: dict[str, Any]) -> int:
                 "edgeport.search.status": t["status"],
                 "edgeport.search.cached": str(bool(t.get("cached"))).lower(),
                 "edgeport.search.winner": str(bool(summary["winner"] and summary["winner"]["trial_id"] == t["trial_id"])).lower(),
+                "edgeport.search.winner_of": ",".join(
+                    target for target, w in (summary.get("winners") or {}).items() if w["trial_id"] == t["trial_id"]
+                ),
             }
             run = client.create_run(exp, run_name=t["trial_id"], tags=tags)
             params = flatten_params({**t["settings"], "nodes_to_exclude": t["nodes_to_exclude"], "phase": t["phase"]})
             metrics = {"quality": quality_of(t), "p50_ms": t.get("p50_ms"), "size_bytes": t.get("size_bytes")}
+            metrics.update({f"p50_ms.{target}": p50 for target, p50 in (t.get("p50_ms_by_target") or {}).items()})
             if t.get("evaluation"):
                 metrics["quality_drop"] = t["evaluation"].get("drop")
             client.log_batch(
@@ -472,8 +663,13 @@ def log_search(tracking_uri: str, run_id: str, summary: dict[str, Any]) -> int:
                 "search.calibrations": summary["calibrations"],
                 "search.winner_p50_ms": (summary["winner"] or {}).get("p50_ms"),
                 "search.winner_quality": (summary["winner"] or {}).get("quality"),
+                **{f"search.winner_p50_ms.{target}": w["p50_ms"] for target, w in (summary.get("winners") or {}).items()},
             }.items() if v is not None],
-            tags=[RunTag("edgeport.search.id", summary["search_id"]), RunTag("edgeport.search.winner", (summary["winner"] or {}).get("trial_id") or "none")],
+            tags=[
+                RunTag("edgeport.search.id", summary["search_id"]),
+                RunTag("edgeport.search.winner", (summary["winner"] or {}).get("trial_id") or "none"),
+                *(RunTag(f"edgeport.search.winner.{target}", w["trial_id"]) for target, w in (summary.get("winners") or {}).items()),
+            ],
         )
     return created
 

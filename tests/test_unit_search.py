@@ -3,11 +3,26 @@
 
 from __future__ import annotations
 
-import pytest
+import json
 
-from edgeport.spec import PipelineSpec
+import pytest
+import yaml
+
+from edgeport.errors import SpecError
+from edgeport.spec import AccuracyControlSpec, PipelineSpec, load_spec
 from tasks.report import pareto_front
-from tasks.search import configurations, exclusions, plan_trials, select_winner
+from tasks.search import (
+    base_configuration,
+    configurations,
+    exclusions,
+    needs_sensitivity,
+    plan_trials,
+    select_winner,
+    trial_rows,
+    trial_variant,
+    uses_exclusions,
+    winner_names,
+)
 
 
 def _spec(**space) -> PipelineSpec:
@@ -86,6 +101,8 @@ def test_exclusions_skip_op_types_the_configuration_does_not_quantize():
 def test_configurations_of_the_default_space_is_one_base_configuration():
     assert configurations(_spec()) == [
         {
+            "backend": "onnxruntime",
+            "mode": "static",
             "calibration_method": "MinMax",
             "per_channel": True,
             "activation_type": "QUInt8",
@@ -145,3 +162,167 @@ def test_select_winner_ignores_trials_without_a_benchmark_or_an_evaluation():
 def test_select_winner_returns_none_when_nothing_passed_and_was_measured(trials):
     winner, _ = select_winner(trials)
     assert winner is None
+
+
+# --------------------------------------------------------------------------- backends and modes
+
+
+def test_configurations_across_backends_drop_inapplicable_settings_and_dedupe():
+    configs = configurations(
+        _spec(
+            backends=["onnxruntime", "nncf"], modes=["static", "dynamic"], calibration_methods=["MinMax", "Percentile"],
+            activation_types=["QUInt8", "QInt8"], per_channel=[True, False], nncf_presets=[None, "mixed"],
+            nncf_accuracy_control=[False, True],
+        )
+    )
+    by_pair = {}
+    for c in configs:
+        by_pair.setdefault((c["backend"], c["mode"]), []).append(c)
+    assert list(by_pair) == [("onnxruntime", "static"), ("onnxruntime", "dynamic"), ("nncf", "static")]
+    # ORT static: 2 methods x 2 per-channel x 2 activation types, no NNCF setting
+    assert len(by_pair["onnxruntime", "static"]) == 8
+    assert set(by_pair["onnxruntime", "static"][0]) == {
+        "backend", "mode", "calibration_method", "per_channel", "activation_type", "weight_type", "format", "reduce_range", "op_types_to_quantize",
+    }
+    # ORT dynamic: no calibration method, activation type or format, so only per-channel varies (deduplicated)
+    dynamic = by_pair["onnxruntime", "dynamic"]
+    assert [c["per_channel"] for c in dynamic] == [True, False]
+    assert set(dynamic[0]) == {"backend", "mode", "per_channel", "weight_type", "reduce_range", "op_types_to_quantize"}
+    # NNCF: only its own settings
+    nncf = by_pair["nncf", "static"]
+    assert len(nncf) == 4 and set(nncf[0]) == {"backend", "mode", "preset", "model_type", "fast_bias_correction", "accuracy_control"}
+    assert [(c["preset"], c["accuracy_control"]) for c in nncf] == [(None, False), (None, True), ("mixed", False), ("mixed", True)]
+    assert len({json.dumps(c, sort_keys=True) for c in configs}) == len(configs) == 14
+
+
+def test_nncf_has_no_dynamic_mode_and_the_base_is_ort_static_whatever_comes_first():
+    spec = _spec(backends=["nncf", "onnxruntime"], modes=["dynamic", "static"])
+    configs = configurations(spec)
+    assert [(c["backend"], c["mode"]) for c in configs] == [("nncf", "static"), ("onnxruntime", "dynamic"), ("onnxruntime", "static")]
+    assert base_configuration(spec) == {**next(c for c in configs if c["mode"] == "static" and c["backend"] == "onnxruntime")}
+    assert base_configuration(spec)["backend"] == "onnxruntime" and base_configuration(spec)["mode"] == "static"
+
+
+def test_trial_variant_builds_valid_specs_for_every_backend_and_mode():
+    configs = configurations(_spec(backends=["onnxruntime", "nncf"], modes=["static", "dynamic"], nncf_accuracy_control=[False, True]))
+    ort_static, ort_dynamic, nncf, nncf_ac = configs
+    v = trial_variant(ort_static, "t1", ["/a/MatMul"])
+    assert (v.backend, v.mode, v.kind, v.nodes_to_exclude, v.calibration_method) == ("onnxruntime", "static", "static_int8", ["/a/MatMul"], "MinMax")
+    v = trial_variant(ort_dynamic, "t2", ["/a/MatMul"])
+    assert (v.backend, v.mode, v.kind, v.nodes_to_exclude) == ("onnxruntime", "dynamic", "dynamic_int8", ["/a/MatMul"])
+    assert v.calibration_method is None and "format" not in v.model_fields_set and not v.needs_calibration
+    v = trial_variant(nncf, "t3", ["/a/MatMul", "/b/Conv"])
+    assert (v.backend, v.mode, v.accuracy_control) == ("nncf", "static", None)
+    assert v.ignored_scope.names == ["/a/MatMul", "/b/Conv"] and v.nodes_to_exclude == [] and v.fast_bias_correction
+    assert trial_variant(nncf, "t3", []).ignored_scope is None
+    v = trial_variant(nncf_ac, "t4", [])
+    assert v.accuracy_control == AccuracyControlSpec() and v.accuracy_control.max_drop is None  # the evaluation gate's budget
+    # a configuration of an earlier version (no backend / mode) is ONNX Runtime static
+    old = {k: v for k, v in ort_static.items() if k not in ("backend", "mode")}
+    assert trial_variant(old, "t5", []).backend == "onnxruntime" and trial_variant(old, "t5", []).mode == "static"
+
+
+def test_accuracy_control_is_tried_once_without_exclusions():
+    configs = configurations(_spec(backends=["nncf"], nncf_accuracy_control=[False, True]))
+    assert [uses_exclusions(c) for c in configs] == [True, False]
+    assert plan_trials(configs[1], [1, 2, 4], None) == [0] and plan_trials(configs[0], [1, 2, 4], 2) == [1, 2, 4]
+    assert needs_sensitivity(_spec(backends=["nncf"], nncf_accuracy_control=[True], exclude_top_k=[0, 2])) is False
+    assert needs_sensitivity(_spec(exclude_top_k=[0])) is False
+    assert needs_sensitivity(_spec(exclude_top_k=[0, 2])) is True
+
+
+def test_exclusions_for_nncf_keep_only_names_the_parent_has():
+    config = {"backend": "nncf", "mode": "static"}  # no op-type set: every ranked op type
+    present = {"/l1/Conv", "/l0/Conv", "/l3/MatMul"}
+    assert exclusions(RANKING, config, 2, present) == ["/l1/Conv", "/l3/MatMul"]
+    assert exclusions(RANKING, config, 10, present) == ["/l1/Conv", "/l3/MatMul", "/l0/Conv"]
+
+
+def test_winner_names_first_target_plain_others_suffixed_and_one_name_per_trial():
+    targets = ["cpu", "cpu-1t", "openvino-cpu"]
+    assert winner_names("s", targets, {"cpu": "a", "cpu-1t": "b", "openvino-cpu": "a"}) == {"a": "s", "b": "s-cpu-1t"}
+    assert winner_names("s", targets, {"cpu-1t": "b", "openvino-cpu": "c"}) == {"b": "s-cpu-1t", "c": "s-openvino-cpu"}
+    assert winner_names("s", targets, {}) == {}
+
+
+def test_select_winner_per_target_reads_that_targets_p50():
+    trials = [
+        {"trial_id": "ort", "passed_quality": True, "p50_ms": 1.0, "p50_ms_by_target": {"cpu": 1.0, "ov": 3.0}, "evaluation": {"value": 0.99}},
+        {"trial_id": "nncf", "passed_quality": True, "p50_ms": 2.0, "p50_ms_by_target": {"cpu": 2.0, "ov": 0.5}, "evaluation": {"value": 0.995}},
+        {"trial_id": "bad", "passed_quality": False, "p50_ms": None, "p50_ms_by_target": {"cpu": None, "ov": None}, "evaluation": {"value": 0.5}},
+    ]
+    assert select_winner(trials, "cpu")[0]["trial_id"] == "ort"
+    assert select_winner(trials, "ov") == (trials[1], ["nncf"])  # faster and better: dominates there
+    assert select_winner(trials)[0]["trial_id"] == "ort"  # p50_ms: the first target's
+
+
+def test_trial_rows_show_backend_mode_and_every_targets_p50():
+    summary = {
+        "metric": "top1",
+        "objective": {"target": "cpu", "targets": ["cpu", "ov"]},
+        "trials": [
+            {"trial_id": "t1", "phase": 1, "settings": {**configurations(_spec())[0], "exclude_top_k": 0}, "evaluation": {"value": 0.9},
+             "passed_quality": True, "p50_ms": 1.0, "p50_ms_by_target": {"cpu": 1.0, "ov": 2.0}, "cached": False, "status": "passed"},
+            {"trial_id": "t2", "phase": 2, "settings": {"backend": "nncf", "mode": "static", "preset": "mixed", "model_type": None,
+             "fast_bias_correction": False, "accuracy_control": True, "exclude_top_k": 0}, "evaluation": None,
+             "passed_quality": False, "p50_ms": None, "p50_ms_by_target": {"cpu": None, "ov": None}, "cached": False, "status": "error"},
+        ],
+    }
+    rows = trial_rows(summary)
+    assert rows[0]["backend"] == "onnxruntime" and rows[0]["p50_ms@ov"] == 2.0 and rows[0]["nncf"] is None
+    assert rows[1]["calibration"] is None and rows[1]["format"] is None and rows[1]["op_types"] is None
+    assert rows[1]["nncf"] == "preset=mixed,bias_correction=full,accuracy_control"
+
+
+@pytest.mark.parametrize(
+    ("search", "expected"),
+    [
+        ({"space": {"backends": ["onnxruntime", "tflite"]}}, "search.space.backends.1"),
+        ({"space": {"modes": ["weight_only_int4"]}}, "search.space.modes.0"),
+        ({"space": {"backends": ["nncf"], "modes": ["dynamic"]}}, "search.space.modes: no (backend, mode) pair to search"),
+        ({"space": {"nncf_presets": ["mixed"]}}, "search.space.nncf_presets: applies to nncf static"),
+        ({"space": {"backends": ["nncf"], "formats": ["QOperator"]}}, "search.space.formats: applies to onnxruntime static"),
+        ({"space": {"nncf_model_types": ["transformer", "transformer"]}}, "search.space.nncf_model_types: values must be unique"),
+        ({"objective": {"targets": ["cpu", "gpu"]}}, "search.objective.targets: ['gpu'] are not among the targets ['cpu']"),
+        ({"objective": {"targets": []}}, "search.objective.targets"),
+        ({"objective": {"targets": ["cpu", "cpu"]}}, "search.objective.targets: names must be unique"),
+        ({"objective": {"targets": ["cpu"], "target": "cpu"}}, "search.objective.target: give `targets` or its shorthand"),
+    ],
+)
+def test_search_space_and_objective_errors_name_the_field(tmp_path, search, expected):
+    data = {
+        "name": "tiny",
+        "model": {"checkpoint": "m.pt", "factory": "m:f"},
+        "inputs": [{"name": "x", "shape": ["batch", 4]}],
+        "outputs": ["y"],
+        "calibration": {"dataset": "cal.npz"},
+        "evaluation": {"dataset": "eval.npz"},
+        "registry": {"registered_model": "tiny"},
+        "search": search,
+    }
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert expected in str(info.value)
+
+
+def test_objective_target_is_shorthand_for_a_one_target_list_and_the_default_is_every_target():
+    def spec(objective):
+        data = _spec().model_dump(mode="json", exclude_unset=True)
+        data["targets"] = [{"name": "cpu"}, {"name": "cpu-1t"}]
+        data["search"] = {"objective": objective}
+        return PipelineSpec.model_validate(data).search.objective.target_names(["cpu", "cpu-1t"])
+
+    assert spec({"target": "cpu-1t"}) == ["cpu-1t"]
+    assert spec({"targets": ["cpu-1t", "cpu"]}) == ["cpu-1t", "cpu"]
+    assert spec({}) == ["cpu", "cpu-1t"]
+
+
+def test_a_per_target_winner_name_taken_by_a_variant_is_a_spec_error():
+    data = _spec().model_dump(mode="json", exclude_unset=True)
+    data["targets"] = [{"name": "cpu"}, {"name": "cpu-1t"}]
+    data["quantization"] = [{"name": "int8-search-cpu-1t", "mode": "dynamic"}]
+    data["search"] = {}
+    with pytest.raises(ValueError, match="int8-search-cpu-1t"):
+        PipelineSpec.model_validate(data)
