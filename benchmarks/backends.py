@@ -69,6 +69,11 @@ MINILM_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         {"mode": "static", "format": "QDQ", "per_channel": True, "activation_type": "QInt8", "nodes_to_exclude": FFN_OUT},
     ),
     "nncf-transformer": ("fp32", {"backend": "nncf", "model_type": "transformer", "subset_size": 256}),
+    # symmetric activations (preset performance) for the CPU's INT8 kernels (target_device CPU)
+    "nncf-transformer-perf": (
+        "fp32",
+        {"backend": "nncf", "model_type": "transformer", "subset_size": 256, "preset": "performance", "target_device": "CPU"},
+    ),
 }
 #: Optimum's ``--avx512_vnni`` dynamic quantization of MiniLM's fp32: name -> per_channel.
 OPTIMUM_VARIANTS = {"optimum-avx512-vnni": False, "optimum-avx512-vnni-pc": True}

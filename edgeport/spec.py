@@ -1323,7 +1323,13 @@ class SearchSpec(_Strict):
 
     name: str = Field(default="int8-search", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Variant name of the winner.")
     parent: Literal["fp32", "fp32-optimized"] | None = Field(
-        default=None, description="FP32 model quantized; default fp32-optimized when `optimization` is set, else fp32."
+        default=None,
+        description="FP32 model the onnxruntime trials quantize; default fp32-optimized when `optimization` is set, else fp32.",
+    )
+    nncf_parent: Literal["fp32", "fp32-optimized"] = Field(
+        default="fp32",
+        description="FP32 model the nncf trials quantize: the unfused export by default, whose plain MatMul/Add/Softmax "
+        "NNCF's (transformer) patterns match; ONNX Runtime's fusions (Attention, SkipLayerNormalization) would hide them.",
     )
     objective: SearchObjectiveSpec = Field(default_factory=SearchObjectiveSpec)
     space: SearchSpaceSpec = Field(default_factory=SearchSpaceSpec)
@@ -1453,8 +1459,9 @@ class PipelineSpec(_Strict):
         missing = [s for s in ("calibration", "evaluation") if getattr(self, s) is None]
         if missing:
             raise ValueError(f"search needs the sections {missing} (calibration data and the quality budget)")
-        if search.parent == "fp32-optimized" and self.optimization is None:
-            raise ValueError("search.parent is fp32-optimized, but the spec has no `optimization` section")
+        for field in ("parent", "nncf_parent"):
+            if getattr(search, field) == "fp32-optimized" and self.optimization is None:
+                raise ValueError(f"search.{field} is fp32-optimized, but the spec has no `optimization` section")
         if search.objective.target is not None and search.objective.target not in targets:
             raise ValueError(f"search.objective.target {search.objective.target!r} is not one of the targets {targets}")
         unknown = [t for t in search.objective.targets or [] if t not in targets]

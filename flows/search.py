@@ -194,6 +194,7 @@ def search_flow(spec: PipelineSpec, variants: list[dict[str, Any]], output_dir: 
     by_name = {v["name"]: v for v in variants}
     parent_name = search.parent or ("fp32-optimized" if "fp32-optimized" in by_name else "fp32")
     parent = by_name[parent_name]
+    parent_names = {"onnxruntime": parent_name, "nncf": search.nncf_parent}  # per backend: the FP32 model it quantizes
     reference = by_name["fp32"]["evaluation"]
     if reference is None:
         raise SpecError("search: the fp32 variant has no evaluation (the spec needs an `evaluation` section)")
@@ -228,20 +229,24 @@ def search_flow(spec: PipelineSpec, variants: list[dict[str, Any]], output_dir: 
         try:
             ort_static = config["backend"] == "onnxruntime" and config["mode"] == "static"
             calibration_cache = calibrations.for_config(config) if ort_static else None  # NNCF reads the data itself
-            tkey = spec_digest({"work": str(work), "trial": trial, "eval": eval_key})[:24]
+            pname = parent_names[config["backend"]]
+            tkey = spec_digest({"work": str(work), "trial": trial, "parent": by_name[pname]["sha256"], "eval": eval_key})[:24]
             result, cached = run_cached(
-                trial_task, spec=spec, trial=trial, fp32_path=parent["path"], parent=parent_name, work_dir=str(work),
+                trial_task, spec=spec, trial=trial, fp32_path=by_name[pname]["path"], parent=pname, work_dir=str(work),
                 calibration_cache=calibration_cache, reference=reference, key=f"edgeport-search-trial-{tkey}",
                 intact=lambda r: Path(r["path"]).is_file(),
             )
         except Exception as exc:  # noqa: BLE001
             error = f"{type(exc).__name__}: {exc}"[:500]
             logger.warning("search trial %s failed: %s", trial["trial_id"], error)
-            return {"cached": False, "passed_quality": False, "status": "error", "error": error, "evaluation": None}
+            return {"parent": parent_names[config["backend"]], "cached": False, "passed_quality": False, "status": "error", "error": error, "evaluation": None}
         passed = bool(result["evaluation"]["passed"])
-        return {**result, "cached": cached, "passed_quality": passed, "status": "passed" if passed else "failed_quality", "error": None}
+        return {
+            **result, "parent": pname, "cached": cached, "passed_quality": passed,
+            "status": "passed" if passed else "failed_quality", "error": None,
+        }
 
-    parent_nodes = functools.cache(lambda: node_names(parent["path"]))
+    parent_nodes = functools.cache(lambda: node_names(by_name[parent_names["nncf"]]["path"]))
     trials, stopped = _run_trials(spec, ranking, parent_nodes, run_trial, t0)
 
     # Every passing trial benchmarked on every objective target with the FP32 reference(s) and the
@@ -280,7 +285,9 @@ def search_flow(spec: PipelineSpec, variants: list[dict[str, Any]], output_dir: 
     # (validated once per trial, whichever target asks first).
     def validated(cand: dict[str, Any]) -> bool:
         if "validation" not in cand:
-            cand["validation"] = validate_task(spec, cand["path"], reference_onnx=parent["path"], report_path=str(out / f"validation-{cand['trial_id']}.json"))
+            cand["validation"] = validate_task(
+                spec, cand["path"], reference_onnx=by_name[cand["parent"]]["path"], report_path=str(out / f"validation-{cand['trial_id']}.json")
+            )
         return bool(cand["validation"]["passed"])
 
     won: dict[str, dict[str, Any]] = {}
@@ -311,6 +318,7 @@ def search_flow(spec: PipelineSpec, variants: list[dict[str, Any]], output_dir: 
         "search_id": search_id,
         "name": search.name,
         "parent": parent_name,
+        "nncf_parent": search.nncf_parent,
         "objective": {"target": first, "targets": target_names, "batch_size": batch, "statistic": "p50_ms"},
         "metric": ev.metric,
         "quality_threshold": quality_threshold(spec, reference),
@@ -333,7 +341,7 @@ def search_flow(spec: PipelineSpec, variants: list[dict[str, Any]], output_dir: 
     records = []
     for trial_id, name in names.items():
         w = next(t for t in trials if t["trial_id"] == trial_id)
-        records.append(winner_record(name, w, parent, search_id, len(trials), Path(output_dir), [tg for tg, x in won.items() if x is w]))
+        records.append(winner_record(name, w, by_name[w["parent"]], search_id, len(trials), Path(output_dir), [tg for tg, x in won.items() if x is w]))
     summary["elapsed_s"] = round(time.perf_counter() - t0, 3)
     plot = plot_pareto(summary, out / "pareto.png")
     (out / "trials.json").write_text(json.dumps(trial_rows(summary), indent=2))

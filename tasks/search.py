@@ -20,7 +20,8 @@ Strategy (:func:`plan_trials`; driven by the subflow :func:`flows.search.search_
 2. **Phase 1**: the first configuration with the ``k`` most sensitive nodes left in float, for
    ``k`` in ``exclude_top_k`` ascending, until one passes the gate (``k_min``): NNCF's
    accuracy-aware "revert the worst quantizers until the metric is met". ONNX Runtime leaves them
-   out with ``nodes_to_exclude``, NNCF with its ignored scope (the names its parent has:
+   out with ``nodes_to_exclude``, NNCF with its ignored scope (NNCF quantizes ``search.nncf_parent``,
+   the unfused ``fp32`` by default; only the names that parent has:
    :func:`exclusions` with ``present``); NNCF accuracy control reverts quantizers itself and is
    tried once (:func:`uses_exclusions`).
 3. **Phase 2**: every other configuration (``itertools.product`` order), each starting

@@ -287,6 +287,8 @@ def test_trial_rows_show_backend_mode_and_every_targets_p50():
         ({"objective": {"targets": []}}, "search.objective.targets"),
         ({"objective": {"targets": ["cpu", "cpu"]}}, "search.objective.targets: names must be unique"),
         ({"objective": {"targets": ["cpu"], "target": "cpu"}}, "search.objective.target: give `targets` or its shorthand"),
+        ({"nncf_parent": "fp32-optimized"}, "search.nncf_parent is fp32-optimized, but the spec has no `optimization` section"),
+        ({"nncf_parent": "fp16"}, "search.nncf_parent"),
     ],
 )
 def test_search_space_and_objective_errors_name_the_field(tmp_path, search, expected):
