@@ -27,6 +27,7 @@ leftover check.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -57,6 +58,7 @@ __all__ = [
     "prefect_server_command",
     "start_mlflow_server",
     "start_prefect_server",
+    "RunPrefectServer",
     "wait_healthy",
     "stop_process_group",
     "servers_up",
@@ -306,9 +308,12 @@ def mlflow_server_command(
     return cmd
 
 
-def prefect_server_command(host: str = "127.0.0.1", port: int = 4200) -> list[str]:
-    """The ``prefect server start`` command line edgeport runs (foreground, analytics off)."""
-    return [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port), "--analytics-off"]
+def prefect_server_command(host: str = "127.0.0.1", port: int = 4200, services: bool = True, ui: bool = True) -> list[str]:
+    """The ``prefect server start`` command line edgeport runs (foreground, analytics off); without
+    ``services`` (scheduler, late runs, ...: ``--no-services``) and ``ui`` (``--no-ui``) it is the API
+    alone, as a single run needs it (:class:`RunPrefectServer`)."""
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port), "--analytics-off"]
+    return cmd + ([] if services else ["--no-services"]) + ([] if ui else ["--no-ui"])
 
 
 def _child_env(extra: Mapping[str, str]) -> dict[str, str]:
@@ -380,8 +385,11 @@ def start_prefect_server(
     host: str = "127.0.0.1",
     port: int = 4200,
     log_path: str | Path | None = None,
+    services: bool = True,
+    ui: bool = True,
 ) -> subprocess.Popen:
-    """Start ``prefect server start`` with ``PREFECT_HOME=prefect_home`` in its own process group.
+    """Start ``prefect server start`` with ``PREFECT_HOME=prefect_home`` in its own process group
+    (``services``, ``ui``: see :func:`prefect_server_command`).
 
     Its database is Prefect's default (sqlite under ``prefect_home``) unless
     ``PREFECT_API_DATABASE_CONNECTION_URL`` is set. Does not wait: call :func:`wait_healthy` on
@@ -402,7 +410,64 @@ def start_prefect_server(
         "PREFECT_SERVER_API_PORT": str(port),
         "PREFECT_UI_API_URL": api_url,
     }
-    return _popen(prefect_server_command(host, port), _child_env(extra), log, cwd=prefect_home)
+    return _popen(prefect_server_command(host, port, services=services, ui=ui), _child_env(extra), log, cwd=prefect_home)
+
+
+class RunPrefectServer:
+    """The Prefect API server of one command (``edgeport run``), when no Prefect server is configured.
+
+    What Prefect's own ephemeral mode does (a temporary server for the process), started by edgeport
+    so that it can start *early*: the server boots in its own process while the command imports
+    its flows (3-5 s of CPU), and the command's process never imports Prefect's server code (Prefect's
+    ``SubprocessASGIServer`` needs ``prefect.server.api.server`` imported in the client, another 2-4 s).
+    It is ``prefect server start --no-services --no-ui`` on a free loopback port, with the
+    ``PREFECT_HOME`` database (the one Prefect's ephemeral server would use), in its own session: a
+    terminal's Ctrl-C or a SIGTERM to the command's process group does not reach it, so the flow
+    can still report its final state; :meth:`stop` (registered with ``atexit`` at start, so it runs
+    after Prefect's log and event workers, registered later, drained to it) ends it.
+
+    Use :meth:`start` before Prefect is imported (it sets ``PREFECT_API_URL`` for this process),
+    :meth:`wait` before the first Prefect API call.
+    """
+
+    def __init__(self, proc: subprocess.Popen, api_url: str, log_path: Path) -> None:
+        self.proc, self.api_url, self.log_path = proc, api_url, log_path
+
+    @classmethod
+    def start(cls, prefect_home: str | Path) -> RunPrefectServer:
+        """Spawn the server and point this process at it (``PREFECT_API_URL``); does not wait.
+
+        Args:
+            prefect_home: its ``PREFECT_HOME`` (sqlite database and settings).
+
+        Raises:
+            ServerError: Prefect is already imported in this process (it would not read
+                ``PREFECT_API_URL`` any more), or ``PREFECT_API_URL`` is set.
+        """
+        if "prefect" in sys.modules or os.environ.get("PREFECT_API_URL"):
+            raise ServerError("a per-run Prefect server is started before Prefect is imported, with no PREFECT_API_URL set")
+        port = free_port()
+        log = _logs_dir() / "prefect-run.log"
+        proc = start_prefect_server(prefect_home, port=port, log_path=log, services=False, ui=False)
+        server = cls(proc, f"http://127.0.0.1:{port}/api", log)
+        os.environ["PREFECT_API_URL"] = server.api_url
+        atexit.register(server.stop)
+        return server
+
+    def wait(self, timeout_s: float = 120.0) -> None:
+        """Block until the server answers ``/api/health``.
+
+        Raises:
+            ServerStartError: it exited or did not answer within ``timeout_s`` s (the message has
+                the tail of its log, ``$EDGEPORT_HOME/servers/logs/prefect-run.log``).
+        """
+        wait_healthy(f"{self.api_url}/health", timeout_s, proc=self.proc, log_path=self.log_path, interval_s=0.1)
+
+    def stop(self) -> None:
+        """Stop the server's process group (SIGTERM, then SIGKILL after 5 s); idempotent."""
+        if self.proc.poll() is None:
+            stop_process_group(self.proc.pid, timeout_s=5.0)
+        self.proc.wait()
 
 
 def _log_tail(log_path: Path | None, lines: int = 30) -> str:

@@ -18,8 +18,14 @@ import yaml
 from typer.testing import CliRunner
 
 from edgeport.cli import app
-from edgeport.errors import PortInUseError, ServersNotRunning, ServerStartError
+from edgeport.errors import (
+    PortInUseError,
+    ServerError,
+    ServersNotRunning,
+    ServerStartError,
+)
 from edgeport.servers import (
+    RunPrefectServer,
     ServersState,
     free_port,
     mlflow_server_command,
@@ -323,3 +329,41 @@ def test_compose_mlflow_command_matches_servers():
     # mlflow/server.sh takes its command line from the same builder.
     assert "mlflow_server_command" in (MLFLOW_DIR / "server.sh").read_text()
     assert not (MLFLOW_DIR / "__init__.py").exists()  # would shadow the real mlflow package
+
+
+@pytest.mark.slow
+def test_run_prefect_server_starts_before_prefect_in_its_own_session_and_stops_at_exit(tmp_path: Path):
+    """``RunPrefectServer`` in a fresh interpreter (Prefect not imported yet): it points the process
+    at itself, answers once waited for, leads its own session (a Ctrl-C to the command's process group
+    cannot reach it), and is gone after the interpreter exits (its atexit hook)."""
+    script = textwrap.dedent(
+        """
+        import json, os, sys
+        from edgeport.servers import RunPrefectServer
+        server = RunPrefectServer.start(sys.argv[1])
+        server.wait()
+        import prefect  # imported after: the client reads the run server's URL
+        from prefect.settings import PREFECT_API_URL
+        print(json.dumps({"pid": server.proc.pid, "sid": os.getsid(server.proc.pid), "own_sid": os.getsid(0),
+                          "url": server.api_url, "env": os.environ["PREFECT_API_URL"], "setting": PREFECT_API_URL.value()}))
+        """
+    )
+    env = {**os.environ, "EDGEPORT_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO)}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "prefect")], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info["url"].startswith("http://127.0.0.1:") and info["url"].endswith("/api")
+    assert info["env"] == info["setting"] == info["url"]
+    assert info["sid"] == info["pid"] != info["own_sid"]  # a session (and process group) of its own
+    assert not _alive(info["pid"])  # stopped when the interpreter exited
+    assert (tmp_path / "prefect" / "prefect.db").is_file()  # the PREFECT_HOME database it was given
+
+
+def test_run_prefect_server_refuses_to_start_once_prefect_is_imported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import prefect  # noqa: F401 - the point: Prefect would no longer read PREFECT_API_URL
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with pytest.raises(ServerError, match="before Prefect is imported"):
+        RunPrefectServer.start(tmp_path)
+    assert "PREFECT_API_URL" not in os.environ

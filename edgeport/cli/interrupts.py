@@ -8,15 +8,15 @@ What stops what, and where:
   interrupted run ``Cancelled`` there); the register step undoes its partial registration
   (``tasks.register``) and the benchmark step kills its runner's process group
   (``tasks.benchmark``) as the exception passes through them.
-- This module keeps the embedded (ephemeral) Prefect server alive long enough for that: Prefect
-  starts it as a plain child, in the terminal's process group, so the terminal's Ctrl-C would stop
-  it at once and the engine would then retry its final state report against a server that is gone
-  (about 2.5 min of ``ConnectError`` retries, the flow run left ``Running``).
-  :func:`interruptible` starts that server itself (Prefect's public ``SubprocessASGIServer``, the
-  instance Prefect's client then reuses) from a thread that blocks SIGINT (a child inherits the
-  signal mask), so the server only stops when it is told to: by ``SubprocessASGIServer.stop`` (SIGTERM)
-  at exit, after Prefect's log and event workers drained to it. Known limit: a SIGTERM sent to the
-  whole process group (``kill -TERM -PGID``, systemd's control-group stop) reaches the server too.
+- This module keeps the command's Prefect API server alive long enough for that. Prefect's own
+  ephemeral server is a plain child in the terminal's process group: the terminal's Ctrl-C would
+  stop it at once and the engine would then retry its final state report against a server that
+  is gone (about 2.5 min of ``ConnectError`` retries, the flow run left ``Running``). So, when no
+  Prefect server is configured, :func:`interruptible` starts the run's server itself
+  (:class:`edgeport.servers.RunPrefectServer`: ``prefect server start --no-services --no-ui`` on a
+  free loopback port, in a session of its own), and it only stops when told to, at exit, after
+  Prefect's log and event workers drained to it. Neither a Ctrl-C nor a SIGTERM to the whole
+  process group (``kill -TERM -PGID``, systemd's control-group stop) reaches it.
 - An interrupted command skips the interpreter's own teardown (:func:`_skip_interpreter_teardown`).
 - SIGTERM outside a flow run raises ``TerminationSignal`` like Prefect's own handler does (inside a
   flow run Prefect's handler re-delivers the signal to this one after recording the crash).
@@ -33,7 +33,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
@@ -41,6 +41,8 @@ import typer
 from rich.markup import escape
 
 from edgeport.cli.common import err_console
+from edgeport.home import edgeport_home
+from edgeport.servers import RunPrefectServer
 
 __all__ = ["EXIT_SIGINT", "EXIT_SIGTERM", "interruptible"]
 
@@ -90,49 +92,28 @@ def _interrupt_signal(exc: BaseException) -> int | None:
     return None
 
 
-def _start_ephemeral_server() -> Any | None:
-    """Start Prefect's ephemeral API server with SIGINT blocked in it; None when a Prefect API URL is
-    configured (a server edgeport did not start, left alone).
+def _start_run_server() -> RunPrefectServer | None:
+    """Start this command's Prefect API server (:class:`edgeport.servers.RunPrefectServer`, in its own
+    session: a Ctrl-C or a SIGTERM to this process group does not reach it); None when a Prefect API
+    URL is configured (``PREFECT_API_URL``, ``edgeport servers up``: a server edgeport did not start,
+    left alone) or Prefect is imported already (an in-process caller such as a test harness: Prefect
+    starts what it needs itself).
 
-    The server is Prefect's own ``SubprocessASGIServer`` singleton: ``prefect.get_client`` reuses the
-    running instance and stops it at exit (its ``atexit`` hook). A blocked signal mask is inherited
-    by the child across ``exec``; SIGTERM is not blocked, so ``stop()`` works as before.
+    The caller must :meth:`~edgeport.servers.RunPrefectServer.wait` before the first Prefect API call.
     """
-    from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_API_URL
-
-    if PREFECT_API_URL.value():
+    if os.environ.get("PREFECT_API_URL") or "prefect" in sys.modules:
         return None
-    server = SubprocessASGIServer()
-    if server.running:  # an in-process caller (tests) started it already
-        return server
-    failed: list[Exception] = []
+    return RunPrefectServer.start(os.environ.get("PREFECT_HOME") or edgeport_home() / "prefect")
 
-    def start() -> None:  # in a thread of its own: only its mask (inherited by the server) blocks SIGINT
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            server.start()
-        except Exception as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            failed.append(exc)
 
-    thread = threading.Thread(target=start, name="edgeport-prefect-server-start", daemon=True)
-    thread.start()
-    try:
-        thread.join()  # a Ctrl-C meanwhile interrupts this wait, not the start-up
-    except BaseException:  # nothing was recorded on a server still starting: kill it, don't wait for it
-        for _ in range(2):  # the second pass: a server spawned while the first one ran
-            if server.server_process is not None:
-                server.server_process.kill()
-            server.stop()  # the start-up loop then ends (no process left to poll)
-            thread.join(timeout=1)
-        raise
-    if failed:
-        raise failed[0]
-    return server
+def _no_wait() -> None:
+    """Nothing to wait for (no server started here)."""
 
 
 @contextmanager
-def interruptible(what: str, resume: str, cleaned: str = "", prefect_server: bool = True) -> Iterator[None]:
+def interruptible(
+    what: str, resume: str, cleaned: str = "", prefect_server: bool = True, server_in_background: bool = False
+) -> Iterator[Callable[[], None]]:
     """Run the body so that Ctrl-C or SIGTERM ends the command in seconds with one line and exit 130/143.
 
     Args:
@@ -142,6 +123,12 @@ def interruptible(what: str, resume: str, cleaned: str = "", prefect_server: boo
             processes" (``"; nothing half-registered is kept"``).
         prefect_server: start the ephemeral Prefect server first (commands that run a flow; a
             configured ``PREFECT_API_URL`` is used as is).
+        server_in_background: do not wait for that server before the body: the body (e.g. the
+            import of the flows, 3-5 s of CPU) runs while the server starts in its own process,
+            and must call the yielded function before its first Prefect API call.
+
+    Yields:
+        ``wait_for_server()``: blocks until the server started here answers (a no-op otherwise).
 
     Raises:
         typer.Exit: code :data:`EXIT_SIGINT` after SIGINT, :data:`EXIT_SIGTERM` after SIGTERM.
@@ -149,9 +136,10 @@ def interruptible(what: str, resume: str, cleaned: str = "", prefect_server: boo
     in_main = threading.current_thread() is threading.main_thread()  # signal handlers: main thread only
     previous = (signal.getsignal(signal.SIGINT), signal.signal(signal.SIGTERM, _raise_termination)) if in_main else None
     try:
-        if prefect_server:  # stopped at exit by Prefect's atexit hook, after its log and event workers drained to it
-            _start_ephemeral_server()
-        yield
+        server = _start_run_server() if prefect_server else None  # stopped at exit (atexit), after Prefect's workers drained
+        if server is not None and not server_in_background:
+            server.wait()
+        yield _no_wait if server is None else server.wait
     except BaseException as exc:
         signum = _interrupt_signal(exc)
         if signum is None:

@@ -164,17 +164,19 @@ def run(
         fail(exc, debug)
     configure_runtime_env()
     out = (output or default_output_dir(parsed.name)).resolve()
-    if not debug:
-        quiet_tracebacks()
     previous = os.environ.get(ENV_SETUP_VAR)
     if no_env_setup:  # read by the flow's preflight (edgeport.targets.env_setup_enabled)
         os.environ[ENV_SETUP_VAR] = "never"
     started = time.time()
     try:
-        with interruptible(command, resume, cleaned="; nothing half-registered is kept"):  # Ctrl-C/SIGTERM: exit 130/143
-            # imported here: a Ctrl-C during this import (seconds) is an interrupt too
+        with interruptible(command, resume, cleaned="; nothing half-registered is kept", server_in_background=True) as wait_for_server:
+            # imported while Prefect's server starts in its own process (docs/benchmarks.md, "Warm
+            # re-run"); here, so that a Ctrl-C during this import (seconds) is an interrupt too
             from flows.pipeline import pipeline
 
+            if not debug:  # imports Prefect: after the run's Prefect server started (it sets PREFECT_API_URL)
+                quiet_tracebacks()
+            wait_for_server()
             summary = pipeline(str(spec.resolve()), output_dir=str(out), tracking_uri=tracking_uri, register_always=register_always)
     except typer.Exit:  # interrupted
         raise

@@ -98,11 +98,18 @@ def promote(
     if version is not None and alias is not None:
         err_console.print("[bold red]error:[/] give --version or --alias, not both")
         raise typer.Exit(EXIT_ERROR)
-    _prepare(debug)
-    from flows.promote import promote_flow
+    configure_runtime_env()
 
     try:
-        with interruptible(f"edgeport promote {model}", f"re-run `edgeport promote {model}` to decide again"):  # Ctrl-C/SIGTERM: 130/143
+        with interruptible(  # Ctrl-C/SIGTERM: 130/143
+            f"edgeport promote {model}", f"re-run `edgeport promote {model}` to decide again", server_in_background=True
+        ) as wait_for_server:
+            # imported while the run's Prefect server starts
+            from flows.promote import promote_flow
+
+            if not debug:  # imports Prefect: after the run's Prefect server started (it sets PREFECT_API_URL)
+                quiet_tracebacks()
+            wait_for_server()
             decision = promote_flow(
                 model,
                 version=version,
