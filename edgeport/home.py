@@ -8,7 +8,7 @@ Layout::
     $EDGEPORT_HOME/
       mlflow/mlflow.db      embedded MLflow backend store (sqlite)
       mlflow/artifacts/     embedded MLflow artifact root
-      prefect/              PREFECT_HOME for the ephemeral Prefect server (its sqlite db)
+      prefect/              PREFECT_HOME of the Prefect server a command starts (its sqlite db)
       cache/export/<key>/   content-addressed ONNX exports (key = checkpoint sha256 + export settings)
       envs/<name>/          managed environments for EPs shipped as their own build (EDGEPORT_ENVS overrides)
       outputs/<spec name>/  default output folder of ``edgeport run`` (summary.json, variants, reports)

@@ -20,9 +20,11 @@ def configure_runtime_env() -> None:
 
     Unless the user points Prefect somewhere (``PREFECT_API_URL`` or ``PREFECT_HOME``): uses the
     Prefect server of ``edgeport servers up`` when it runs (sets ``PREFECT_API_URL``), else keeps
-    the ephemeral Prefect server's database under ``EDGEPORT_HOME/prefect`` (so the Prefect UI can
-    be opened on it later). Raises the ephemeral server's start-up timeout to 120 s (it takes 10-15 s on
-    2 cores, more under load; Prefect's default is 20 s); turns telemetry off (Prefect, MLflow, NNCF); routes edgeport's
+    the database of the Prefect server a command starts for itself
+    (:class:`edgeport.servers.RunPrefectServer`, or Prefect's own ephemeral server for the commands
+    that do not start one) under ``EDGEPORT_HOME/prefect`` (so the Prefect UI can be opened on it
+    later). Raises the ephemeral server's start-up timeout to 120 s (it takes 10-15 s on 2 cores,
+    more under load; Prefect's default is 20 s); turns telemetry off (Prefect, MLflow, NNCF); routes edgeport's
     loggers through Prefect's log handlers at INFO and quiets the exporters' INFO chatter.
     """
     if "PREFECT_API_URL" not in os.environ and "PREFECT_HOME" not in os.environ:

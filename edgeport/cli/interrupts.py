@@ -57,7 +57,7 @@ def _skip_interpreter_teardown() -> None:
 
     Registered when this module is imported (with the CLI, before Prefect, MLflow or torch), so
     every exit hook registered later has run first: Prefect drains its log and event workers to
-    its server and stops the ephemeral server, MLflow ends its runs. What is skipped is the
+    its server and the run's Prefect server is stopped, MLflow ends its runs. What is skipped is the
     interpreter's teardown of the modules (torch, ONNX Runtime, ...): measured at 3-12 s on a
     loaded 2-core host after an interrupted run, the difference between "exits in seconds" and not.
     A no-op unless interrupted.
@@ -121,8 +121,8 @@ def interruptible(
         resume: how to resume or redo it (``"resume with `edgeport run spec.yaml` ..."``).
         cleaned: what the command's own clean-up guarantees, appended to "stopped, with its child
             processes" (``"; nothing half-registered is kept"``).
-        prefect_server: start the ephemeral Prefect server first (commands that run a flow; a
-            configured ``PREFECT_API_URL`` is used as is).
+        prefect_server: start the command's Prefect API server first (commands that run a flow;
+            :func:`_start_run_server`; a configured ``PREFECT_API_URL`` is used as is).
         server_in_background: do not wait for that server before the body: the body (e.g. the
             import of the flows, 3-5 s of CPU) runs while the server starts in its own process,
             and must call the yielded function before its first Prefect API call.
