@@ -15,7 +15,6 @@ import sys
 import textwrap
 import threading
 
-import pytest
 import typer
 
 from edgeport.cli.interrupts import EXIT_SIGINT, interruptible
@@ -119,6 +118,27 @@ print("restored")
     assert result.returncode == 0 and result.stdout.strip() == "restored", result.stdout + result.stderr
 
 
+def outcome_off_the_main_thread(body) -> BaseException | None:
+    """What ``interruptible`` raises around ``body`` in a thread of its own (off the main thread it
+    neither touches signal handlers nor ends the interpreter: the test run goes on)."""
+    outcome: list[BaseException | None] = []
+
+    def command() -> None:
+        try:
+            with interruptible("the demo", "run it again", prefect_server=False):
+                body()
+        except BaseException as exc:  # noqa: BLE001 - returned to the test
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=command)
+    thread.start()
+    thread.join(30)
+    assert len(outcome) == 1, "the body did not finish"
+    return outcome[0]
+
+
 def test_an_exception_an_interrupt_turned_into_another_is_the_interrupt():
     # Python 3.11 wraps an exception raised in __set_name__ in a RuntimeError; a Ctrl-C during an
     # import (pydantic models) once ended a run with "Error: RuntimeError: Error calling __set_name__"
@@ -126,23 +146,25 @@ def test_an_exception_an_interrupt_turned_into_another_is_the_interrupt():
         def __set_name__(self, owner, name):
             raise KeyboardInterrupt
 
-    outcome: list[BaseException] = []
+    outcome = outcome_off_the_main_thread(lambda: type("Model", (), {"field": Descriptor()}))
+    assert isinstance(outcome, typer.Exit) and outcome.exit_code == EXIT_SIGINT, repr(outcome)
 
-    def command() -> None:  # off the main thread: interruptible raises typer.Exit, nothing else
+
+def test_an_exit_raised_from_none_after_an_interrupt_is_not_one():
+    # the chain a traceback shows: `raise typer.Exit(1) from None` while handling a Ctrl-C is that exit
+    def body() -> None:
         try:
-            with interruptible("the demo", "run it again", prefect_server=False):
-                type("Model", (), {"field": Descriptor()})
-        except BaseException as exc:  # noqa: BLE001 - inspected below
-            outcome.append(exc)
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise typer.Exit(1) from None
 
-    thread = threading.Thread(target=command)
-    thread.start()
-    thread.join(30)
-    assert len(outcome) == 1 and isinstance(outcome[0], typer.Exit), outcome
-    assert outcome[0].exit_code == EXIT_SIGINT
+    outcome = outcome_off_the_main_thread(body)
+    assert isinstance(outcome, typer.Exit) and outcome.exit_code == 1, repr(outcome)
 
 
 def test_other_exceptions_pass_through():
-    with pytest.raises(ValueError, match="bad"):
-        with interruptible("the demo", "run it again", prefect_server=False):
-            raise ValueError("bad")
+    def body() -> None:
+        raise ValueError("bad")
+
+    outcome = outcome_off_the_main_thread(body)
+    assert isinstance(outcome, ValueError), repr(outcome)

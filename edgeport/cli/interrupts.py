@@ -90,7 +90,8 @@ REDELIVER_AFTER_S = 0.02
 def _interrupt_signal(exc: BaseException | None) -> int | None:
     """The signal behind ``exc`` (``KeyboardInterrupt``: SIGINT; Prefect's ``TerminationSignal``: its
     signal), or None for any other exception. An exception raised from or while handling one of
-    those (its ``__cause__`` / ``__context__`` chain) is that interrupt too. Looks Prefect up in
+    those (its ``__cause__`` / ``__context__`` chain as a traceback shows it: ``raise ... from None``
+    ends it) is that interrupt too. Looks Prefect up in
     ``sys.modules`` only: the pre-start checks run before Prefect may be imported."""
     termination = getattr(sys.modules.get("prefect.exceptions"), "TerminationSignal", None)
     seen: set[int] = set()
@@ -100,7 +101,7 @@ def _interrupt_signal(exc: BaseException | None) -> int | None:
         if termination is not None and isinstance(exc, termination):
             return exc.signal
         seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
+        exc = exc.__cause__ if exc.__cause__ is not None or exc.__suppress_context__ else exc.__context__
     return None
 
 
