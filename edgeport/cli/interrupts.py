@@ -17,6 +17,17 @@ What stops what, and where:
   free loopback port, in a session of its own), and it only stops when told to, at exit, after
   Prefect's log and event workers drained to it. Neither a Ctrl-C nor a SIGTERM to the whole
   process group (``kill -TERM -PGID``, systemd's control-group stop) reaches it.
+- Python drops an exception raised in a weakref callback or ``__del__`` ("Exception ignored in
+  ...", CPython issue #95959), and a signal handler runs wherever the main thread is: a Ctrl-C
+  that lands in importlib's module-lock callback (``importlib._bootstrap._get_module_lock``'s
+  ``cb``, run after every import) is lost, and the run goes on to the end (exit 0); landing just
+  after that callback took the import lock, it also leaves the lock held, and the next import in
+  another thread hangs. The command's SIGINT handler (:func:`_raise_interrupt`) therefore raises
+  ``KeyboardInterrupt`` like Python's own, except inside the import machinery, and an interrupt
+  dropped anywhere else (SIGTERM's ``TerminationSignal`` too) is re-delivered
+  (:func:`_redeliver_dropped`, a ``sys.unraisablehook``): both re-send the signal a moment later.
+- An exception that an interrupt turned into another one (Python 3.11 wraps one raised while a
+  class is created in a ``RuntimeError``) is the interrupt (:func:`_interrupt_signal`).
 - An interrupted command skips the interpreter's own teardown (:func:`_skip_interpreter_teardown`).
 - SIGTERM outside a flow run raises ``TerminationSignal`` like Prefect's own handler does (inside a
   flow run Prefect's handler re-delivers the signal to this one after recording the crash).
@@ -27,6 +38,7 @@ The command then prints one line naming what was interrupted and how to resume, 
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import logging
 import os
@@ -35,7 +47,8 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from types import FrameType
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -72,7 +85,47 @@ def _skip_interpreter_teardown() -> None:
 atexit.register(_skip_interpreter_teardown)
 
 
-def _raise_termination(signum: int, frame: Any) -> NoReturn:
+#: Seconds before a signal that could not be raised where it landed is sent again.
+REDELIVER_AFTER_S = 0.02
+
+
+def _interrupt_signal(exc: BaseException | None) -> int | None:
+    """The signal behind ``exc`` (``KeyboardInterrupt``: SIGINT; Prefect's ``TerminationSignal``: its
+    signal), or None for any other exception. An exception raised from or while handling one of
+    those (its ``__cause__`` / ``__context__`` chain as a traceback shows it: ``raise ... from None``
+    ends it) is that interrupt too. Looks Prefect up in
+    ``sys.modules`` only: the pre-start checks run before Prefect may be imported."""
+    termination = getattr(sys.modules.get("prefect.exceptions"), "TerminationSignal", None)
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return signal.SIGINT
+        if termination is not None and isinstance(exc, termination):
+            return exc.signal
+        seen.add(id(exc))
+        exc = exc.__cause__ if exc.__cause__ is not None or exc.__suppress_context__ else exc.__context__
+    return None
+
+
+def _redeliver(signum: int) -> None:
+    """Have the main thread handle ``signum`` again in :data:`REDELIVER_AFTER_S` (from a timer
+    thread: ``_thread.interrupt_main`` runs the signal's Python handler, a no-op once the signal is
+    ignored or back to its default)."""
+    timer = threading.Timer(REDELIVER_AFTER_S, _thread.interrupt_main, (signum,))
+    timer.daemon = True
+    timer.start()
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGINT and SIGTERM handler: raise ``KeyboardInterrupt`` (SIGINT, as ``signal.default_int_handler``
+    does) or Prefect's ``TerminationSignal`` (SIGTERM, as its own handler in a flow run does), except
+    in the import machinery (``<frozen importlib._bootstrap...>`` code, where the exception can be
+    dropped and leave the import lock held): there, :func:`_redeliver` it."""
+    if frame is not None and frame.f_code.co_filename.startswith("<frozen importlib._bootstrap"):
+        _redeliver(signum)
+        return
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     # Imported here: before configure_runtime_env (the pre-start checks) Prefect is not imported
     # yet; importing it then does not matter, the command is ending.
     from prefect.exceptions import TerminationSignal
@@ -80,16 +133,17 @@ def _raise_termination(signum: int, frame: Any) -> NoReturn:
     raise TerminationSignal(signal=signum)
 
 
-def _interrupt_signal(exc: BaseException) -> int | None:
-    """The signal behind ``exc`` (``KeyboardInterrupt``: SIGINT; Prefect's ``TerminationSignal``: its
-    signal), or None for any other exception. Looks Prefect up in ``sys.modules`` only: the pre-start
-    checks run before Prefect may be imported."""
-    if isinstance(exc, KeyboardInterrupt):
-        return signal.SIGINT
-    termination = getattr(sys.modules.get("prefect.exceptions"), "TerminationSignal", None)
-    if termination is not None and isinstance(exc, termination):
-        return exc.signal
-    return None
+def _redeliver_dropped(unraisable: Any) -> None:
+    """``sys.unraisablehook``: an interrupt raised in a weakref callback or ``__del__`` (which Python
+    drops) is sent again (:func:`_redeliver`); anything else goes to the hook that was installed before."""
+    signum = _interrupt_signal(unraisable.exc_value)
+    if signum is None:
+        _previous_unraisablehook(unraisable)
+    else:
+        _redeliver(signum)
+
+
+_previous_unraisablehook = sys.unraisablehook
 
 
 def _start_run_server() -> RunPrefectServer | None:
@@ -133,8 +187,15 @@ def interruptible(
     Raises:
         typer.Exit: code :data:`EXIT_SIGINT` after SIGINT, :data:`EXIT_SIGTERM` after SIGTERM.
     """
+    global _previous_unraisablehook
     in_main = threading.current_thread() is threading.main_thread()  # signal handlers: main thread only
-    previous = (signal.getsignal(signal.SIGINT), signal.signal(signal.SIGTERM, _raise_termination)) if in_main else None
+    previous = None
+    if in_main:
+        previous = (signal.getsignal(signal.SIGINT), signal.signal(signal.SIGTERM, _raise_interrupt), sys.unraisablehook)
+        if previous[0] is signal.default_int_handler:  # Python's own; an ignored SIGINT (nohup) stays ignored
+            signal.signal(signal.SIGINT, _raise_interrupt)
+        if sys.unraisablehook is not _redeliver_dropped:  # not when nested
+            _previous_unraisablehook, sys.unraisablehook = sys.unraisablehook, _redeliver_dropped
     try:
         server = _start_run_server() if prefect_server else None  # stopped at exit (atexit), after Prefect's workers drained
         if server is not None and not server_in_background:
@@ -161,3 +222,4 @@ def interruptible(
             if previous[0] is not None:  # None: not set from Python
                 signal.signal(signal.SIGINT, previous[0])
             signal.signal(signal.SIGTERM, previous[1])
+            sys.unraisablehook = previous[2]
