@@ -168,3 +168,35 @@ def test_other_exceptions_pass_through():
 
     outcome = outcome_off_the_main_thread(body)
     assert isinstance(outcome, ValueError), repr(outcome)
+
+
+def test_ctrl_c_while_the_command_line_imports_is_one_line_and_exit_130():
+    # the signal arrives while edgeport.cli imports typer (the first ~0.5-1 s of every command):
+    # a meta-path finder raises it at that import, deterministically
+    script = textwrap.dedent("""
+        import os, signal, sys
+
+        class CtrlCAtTyper:
+            def find_spec(self, name, path=None, target=None):
+                if name == "typer":
+                    sys.meta_path.remove(self)
+                    signal.raise_signal(signal.SIGINT)
+                return None
+
+        sys.meta_path.insert(0, CtrlCAtTyper())
+        import edgeport.cli
+        print("not interrupted")
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode == EXIT_SIGINT, output
+    assert "not interrupted" not in output and "Traceback" not in output, output
+    assert "interrupted (SIGINT): edgeport stopped while starting, before any command ran" in output
+
+
+def test_the_command_line_leaves_pythons_sigint_handler_once_imported():
+    script = "import signal, edgeport.cli; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "True", result.stdout + result.stderr

@@ -21,10 +21,30 @@ traceback with ``--debug``).
 
 from __future__ import annotations
 
-import typer
+import os
+import signal
+import sys
+import threading
 
-from edgeport.cli import bench, init, pipeline, registry, servers, service, targets
-from edgeport.cli.pipeline import print_summary, why_nothing_passed
+
+def _interrupted_while_starting(signum: int, frame: object) -> None:
+    """SIGINT while the command line's own modules import (the first ~0.5-1 s, before any command
+    runs and before :mod:`edgeport.cli.interrupts` takes over): one line and exit 130, no traceback."""
+    sys.stderr.write("interrupted (SIGINT): edgeport stopped while starting, before any command ran\n")
+    sys.stderr.flush()
+    os._exit(128 + signal.SIGINT)
+
+
+# Only when Python's own handler is in place (not in a test runner's thread, not under nohup), and
+# only for these imports: Python's handler is back once they are done.
+_STARTING = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+if _STARTING:
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+import typer  # noqa: E402 - after the start-up handler
+
+from edgeport.cli import bench, init, pipeline, registry, servers, service, targets  # noqa: E402
+from edgeport.cli.pipeline import print_summary, why_nothing_passed  # noqa: E402
 
 __all__ = ["app", "print_summary", "why_nothing_passed"]
 
@@ -41,3 +61,6 @@ app.add_typer(targets.targets_app, name="targets", help="Hardware targets: list 
 app.add_typer(servers.servers_app, name="servers", help="Local MLflow + Prefect servers: up, status, env, down.")
 service.register(app)
 registry.register(app)
+
+if _STARTING:  # the commands install their own handlers (edgeport.cli.interrupts)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
