@@ -98,6 +98,7 @@ def main() -> None:
     from edgeport.home import managed_envs_dir
     from edgeport.runner import cpu_info
 
+    load_before = os.getloadavg()[0]
     envs = os.environ.get("EDGEPORT_ENVS", str(managed_envs_dir()))
     root = Path(tempfile.mkdtemp(prefix="edgeport-warm-"))
 
@@ -136,7 +137,7 @@ def main() -> None:
     cpu = cpu_info()
     lines = [
         f"CPU: {cpu['model']} ({os.cpu_count()} cores; {', '.join(cpu['isa']) or 'no INT8 ISA flags read'}); "
-        f"load average before: {os.getloadavg()[0]:.1f}.",
+        f"load average (1 min) before: {load_before:.1f}, after: {os.getloadavg()[0]:.1f}.",
         "",
         "| re-run mode | first run: wall s / CPU s | re-runs | wall s (median, min-max) | CPU s | start-up s | flow s | rest s | versions reused |",
         "|---|---|---|---|---|---|---|---|---|",
