@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -61,6 +62,8 @@ from tasks.sensitivity import write_report
 from tasks.validate import validate_task
 
 __all__ = ["search_flow"]
+
+logger = logging.getLogger("edgeport.search")  # routed to the Prefect run log (PREFECT_LOGGING_EXTRA_LOGGERS)
 
 
 class _Calibrations:
@@ -123,28 +126,37 @@ def _run_trials(
         record.update(run_trial(trial, config))
         record["config"] = config
         trials.append(record)
-        get_run_logger().info(
+        logger.info(
             "search trial %s (phase %d, k=%d, %s): %s %s", record["trial_id"], phase, k, config, record["status"], quality_of(record)
         )
         return record["passed_quality"]
 
     configs = configurations(spec)
     ks = list(search.space.exclude_top_k)
-    k_min = None
+    # The smallest passing k of the first passing configuration, per (backend, mode): how many nodes
+    # one backend needs in float says nothing about another (NNCF may pass at k=0 where ONNX Runtime
+    # needs 6), so each pair starts from the smallest k until one of its configurations passes.
+    k_mins: dict[tuple[str, str], int] = {}
+
+    def pair(config: dict[str, Any]) -> tuple[str, str]:
+        return config["backend"], config["mode"]
+
     for k in plan_trials(configs[0], ks, None):  # phase 1: exclude the worst nodes until the budget is met
         passed = attempt(configs[0], k, 1)
         if passed is None:
             stopped = limit_reached() or stopped
             break
         if passed:
-            k_min = k
+            k_mins[pair(configs[0])] = k
             break
     for config in configs[1:]:  # phase 2: the rest of the space
         if limit_reached():
             stopped = limit_reached()
             break
-        for k in plan_trials(config, ks, k_min):
+        for k in plan_trials(config, ks, k_mins.get(pair(config))):
             passed = attempt(config, k, 2)
+            if passed:
+                k_mins.setdefault(pair(config), k)
             if passed is None or passed:
                 break
     for t in trials:

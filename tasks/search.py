@@ -25,8 +25,9 @@ Strategy (:func:`plan_trials`; driven by the subflow :func:`flows.search.search_
    :func:`exclusions` with ``present``); NNCF accuracy control reverts quantizers itself and is
    tried once (:func:`uses_exclusions`).
 3. **Phase 2**: every other configuration (``itertools.product`` order), each starting
-   one step below ``k_min`` (at the first ``k`` when phase 1 found none) and raising ``k`` until
-   it passes. The ranking is the base's, filtered to the configuration's op types.
+   one step below the ``k_min`` of its own (backend, mode) (at the first ``k`` until a
+   configuration of that pair passed: NNCF may pass at 0 where ONNX Runtime needs 6) and raising
+   ``k`` until it passes. The ranking is the base's, filtered to the configuration's op types.
 4. Every trial (quantize + evaluate on the full evaluation set; :func:`trial_variant` builds its
    :class:`~edgeport.spec.QuantizationVariantSpec`, :func:`tasks.quantize.quantize_variant` the
    model) is a Prefect task cached on its configuration hash with a persisted result: a re-run

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import yaml
 
 from edgeport.errors import SpecError
 from edgeport.spec import AccuracyControlSpec, PipelineSpec, load_spec
+from flows.search import _run_trials
 from tasks.report import pareto_front
 from tasks.search import (
     base_configuration,
@@ -23,7 +25,6 @@ from tasks.search import (
     uses_exclusions,
     winner_names,
 )
-
 
 #: A minimal spec with a search section (files need not exist: only the spec is validated).
 TINY = {
@@ -319,3 +320,27 @@ def test_a_per_target_winner_name_taken_by_a_variant_is_a_spec_error():
     data["search"] = {}
     with pytest.raises(ValueError, match="int8-search-cpu-1t"):
         PipelineSpec.model_validate(data)
+
+
+def test_each_backend_and_mode_finds_its_own_k_min():
+    """Phase 2 starts one step below the smallest passing k of the same (backend, mode) only: ONNX
+    Runtime needing 6 nodes in float says nothing about NNCF, which is tried from k=0."""
+    spec = _spec(backends=["onnxruntime", "nncf"], calibration_methods=["MinMax", "Percentile"], exclude_top_k=[0, 2, 4, 6])
+    ranking = [{"node": f"n{i}", "op_type": "MatMul"} for i in range(8)]
+    tried: list[tuple[str, str | None, int]] = []
+
+    def run_trial(trial, config):
+        k = trial["settings"]["exclude_top_k"]
+        tried.append((config["backend"], config.get("calibration_method"), k))
+        passed = k >= 6 if config["backend"] == "onnxruntime" else True
+        return {"passed_quality": passed, "status": "passed" if passed else "failed_quality", "error": None,
+                "cached": False, "evaluation": {"value": 0.99 if passed else 0.9, "passed": passed}}
+
+    trials, stopped = _run_trials(spec, ranking, lambda: {f"n{i}" for i in range(8)}, run_trial, t0=time.perf_counter())
+    assert stopped == "space exhausted"
+    assert tried == [
+        ("onnxruntime", "MinMax", 0), ("onnxruntime", "MinMax", 2), ("onnxruntime", "MinMax", 4), ("onnxruntime", "MinMax", 6),
+        ("onnxruntime", "Percentile", 4), ("onnxruntime", "Percentile", 6),  # one below ORT's k_min
+        ("nncf", None, 0),  # NNCF from the smallest k: it passes there
+    ]
+    assert [t["passed_quality"] for t in trials] == [False, False, False, True, False, True, True]
