@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -16,6 +17,13 @@ import yaml
 from edgeport.home import managed_envs_dir
 
 REPO = Path(__file__).resolve().parents[1]
+
+# A test session started in the background of a non-interactive shell (`cmd &`, e.g. a CI wrapper)
+# inherits SIGINT *ignored*, and every command the tests start would too: the Ctrl-C tests would
+# then test nothing but that. Python's own handler here makes the children start with SIGINT's
+# default action again (a caught signal is reset at exec; an ignored one is not).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 #: Managed target environments (`edgeport targets setup openvino`), read before any test
 #: points EDGEPORT_HOME at a temporary folder.
 REAL_ENVS = managed_envs_dir()
