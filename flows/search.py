@@ -238,10 +238,10 @@ def search_flow(spec: PipelineSpec, variants: list[dict[str, Any]], output_dir: 
 
     def run_trial(trial: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
         """Quantize + evaluate one trial (cached task); a broken configuration is a result, not the end of the search."""
+        pname = parent_names[config["backend"]]
         try:
             ort_static = config["backend"] == "onnxruntime" and config["mode"] == "static"
             calibration_cache = calibrations.for_config(config) if ort_static else None  # NNCF reads the data itself
-            pname = parent_names[config["backend"]]
             tkey = spec_digest({"work": str(work), "trial": trial, "parent": by_name[pname]["sha256"], "eval": eval_key})[:24]
             result, cached = run_cached(
                 trial_task, spec=spec, trial=trial, fp32_path=by_name[pname]["path"], parent=pname, work_dir=str(work),
@@ -251,7 +251,7 @@ def search_flow(spec: PipelineSpec, variants: list[dict[str, Any]], output_dir: 
         except Exception as exc:  # noqa: BLE001
             error = f"{type(exc).__name__}: {exc}"[:500]
             logger.warning("search trial %s failed: %s", trial["trial_id"], error)
-            return {"parent": parent_names[config["backend"]], "cached": False, "passed_quality": False, "status": "error", "error": error, "evaluation": None}
+            return {"parent": pname, "cached": False, "passed_quality": False, "status": "error", "error": error, "evaluation": None}
         passed = bool(result["evaluation"]["passed"])
         return {
             **result, "parent": pname, "cached": cached, "passed_quality": passed,

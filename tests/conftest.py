@@ -29,6 +29,18 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 REAL_ENVS = managed_envs_dir()
 DIGITS = REPO / "examples" / "digits"
 
+#: A minimal spec (as loaded from YAML) with calibration and evaluation sections: the fast spec tests
+#: add or change one section; its files need not exist (only the spec is validated).
+TINY_SPEC = {
+    "name": "tiny",
+    "model": {"checkpoint": "m.pt", "factory": "m:f"},
+    "inputs": [{"name": "x", "shape": ["batch", 4]}],
+    "outputs": ["y"],
+    "calibration": {"dataset": "cal.npz"},
+    "evaluation": {"dataset": "eval.npz"},
+    "registry": {"registered_model": "tiny"},
+}
+
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")

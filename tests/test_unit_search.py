@@ -25,21 +25,11 @@ from tasks.search import (
     uses_exclusions,
     winner_names,
 )
-
-#: A minimal spec with a search section (files need not exist: only the spec is validated).
-TINY = {
-    "name": "tiny",
-    "model": {"checkpoint": "m.pt", "factory": "m:f"},
-    "inputs": [{"name": "x", "shape": ["batch", 4]}],
-    "outputs": ["y"],
-    "calibration": {"dataset": "cal.npz"},
-    "evaluation": {"dataset": "eval.npz"},
-    "registry": {"registered_model": "tiny"},
-}
+from tests.conftest import TINY_SPEC
 
 
 def _spec(**space) -> PipelineSpec:
-    return PipelineSpec.model_validate({**TINY, "search": {"space": space}})
+    return PipelineSpec.model_validate({**TINY_SPEC, "search": {"space": space}})
 
 
 # --------------------------------------------------------------------------- pareto_front
@@ -295,7 +285,7 @@ def test_trial_rows_show_backend_mode_and_every_targets_p50():
 )
 def test_search_space_and_objective_errors_name_the_field(tmp_path, search, expected):
     path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump({**TINY, "search": search}))
+    path.write_text(yaml.safe_dump({**TINY_SPEC, "search": search}))
     with pytest.raises(SpecError) as info:
         load_spec(path)
     assert expected in str(info.value)

@@ -13,17 +13,9 @@ import yaml
 from edgeport.errors import SpecError
 from edgeport.files import file_sha256, slug
 from edgeport.spec import load_spec
+from tests.conftest import TINY_SPEC
 
-BASE = {
-    "name": "tiny",
-    "model": {"checkpoint": "m.pt", "factory": "m:f"},
-    "inputs": [{"name": "x", "shape": ["batch", 4]}],
-    "outputs": ["y"],
-    "calibration": {"dataset": "cal.npz"},
-    "evaluation": {"dataset": "eval.npz"},
-    "registry": {"registered_model": "tiny"},
-    "search": {},
-}
+BASE = {**TINY_SPEC, "search": {}}
 
 
 def _load(tmp_path: Path, mutate) -> str:
